@@ -1,0 +1,1 @@
+"""Data: the manifest contract, the synthetic benchmark, task sequences and torch datasets."""

@@ -1,0 +1,184 @@
+"""The manifest: one JSON object per line describing one frame (or one video).
+
+Fields (DESIGN.md, "Sample / manifest"):
+
+* ``path``     -- local path (relative paths are relative to the manifest's folder) or ``s3://``
+* ``label``    -- 0 real, 1 fake
+* ``method``   -- ``real`` for genuine faces, else the forgery method (``Deepfakes``, ...)
+* ``dataset``  -- where the sample comes from (``synthetic``, ``FF++``, ...)
+* ``split``    -- ``train`` | ``val`` | ``test``
+* ``video_id`` -- the video the frame belongs to; a video never crosses splits
+* ``frame``    -- optional frame index inside the video
+* ``mask``     -- optional path of a manipulation mask (same resolution as the frame)
+
+Every row is validated on load; the first bad row is reported with its line number and field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from forgesweep.errors import DataError
+
+Split = Literal["train", "val", "test"]
+REAL_METHOD = "real"
+
+
+class ManifestRow(BaseModel):
+    """One validated manifest row."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(min_length=1)
+    label: Literal[0, 1]
+    method: str = Field(min_length=1)
+    dataset: str = Field(min_length=1)
+    split: Split
+    video_id: str = Field(min_length=1)
+    frame: Optional[int] = Field(default=None, ge=0)
+    mask: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _label_matches_method(self) -> "ManifestRow":
+        if (self.label == 0) != (self.method == REAL_METHOD):
+            raise ValueError(
+                f"label {self.label} contradicts method {self.method!r} "
+                f"(label 0 goes with method {REAL_METHOD!r} and only with it)"
+            )
+        return self
+
+    @property
+    def key(self) -> str:
+        """Stable sample id (the path as written in the manifest); replay buffers store these."""
+        return self.path
+
+
+class Manifest:
+    """Validated rows plus the folder their relative paths are resolved against."""
+
+    def __init__(self, rows: list[ManifestRow], root: Path, source: str = "<memory>") -> None:
+        self.rows = rows
+        self.root = Path(root)
+        self.source = source
+        self._by_key = {r.key: r for r in rows}
+        if len(self._by_key) != len(rows):
+            dup = next(k for k, n in Counter(r.key for r in rows).items() if n > 1)
+            raise DataError(f"{source}: path {dup!r} appears more than once")
+        _check_videos_stay_in_one_split(rows, source)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def resolve(self, row: ManifestRow) -> str:
+        """Absolute local path (or the ``s3://`` URI unchanged) of a row's frame."""
+        return _resolve(self.root, row.path)
+
+    def resolve_mask(self, row: ManifestRow) -> Optional[str]:
+        """Like :meth:`resolve` for the row's mask, or None."""
+        return None if row.mask is None else _resolve(self.root, row.mask)
+
+    def by_key(self, key: str) -> ManifestRow:
+        """Row with sample id ``key``.
+
+        Raises:
+            DataError: if no row has that id (e.g. a checkpoint from another dataset).
+        """
+        try:
+            return self._by_key[key]
+        except KeyError:
+            raise DataError(f"{self.source}: no sample with path {key!r}") from None
+
+    def select(self, split: str, methods: Iterable[str]) -> list[ManifestRow]:
+        """Rows of ``split`` whose method is one of ``methods`` (manifest order kept)."""
+        wanted = set(methods)
+        return [r for r in self.rows if r.split == split and r.method in wanted]
+
+    def methods(self) -> list[str]:
+        """Distinct methods in first-seen order."""
+        return list(dict.fromkeys(r.method for r in self.rows))
+
+
+def _resolve(root: Path, path: str) -> str:
+    if path.startswith("s3://") or Path(path).is_absolute():
+        return path
+    return str(root / path)
+
+
+def _check_videos_stay_in_one_split(rows: list[ManifestRow], source: str) -> None:
+    split_of: dict[str, str] = {}
+    for r in rows:
+        seen = split_of.setdefault(r.video_id, r.split)
+        if seen != r.split:
+            raise DataError(
+                f"{source}: video_id {r.video_id!r} appears in both {seen!r} and {r.split!r} splits"
+            )
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "row"
+    return f"field {field!r}: {first['msg']}"
+
+
+def read_manifest(path: str | Path, check_files: bool = True) -> Manifest:
+    """Read and validate a JSONL manifest.
+
+    Args:
+        path: the manifest file.
+        check_files: also check that every local ``path`` (and ``mask``) exists.
+
+    Returns:
+        The validated :class:`Manifest`.
+
+    Raises:
+        DataError: naming the file, the line number and the bad field, or the missing file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"manifest not found: {path}")
+    root = path.resolve().parent
+    rows: list[ManifestRow] = []
+    with path.open("r", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(raw, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(raw).__name__}")
+            try:
+                row = ManifestRow.model_validate(raw)
+            except ValidationError as exc:
+                raise DataError(f"{path}:{lineno}: {_describe(exc)}") from None
+            if check_files:
+                for field in ("path", "mask"):
+                    value = getattr(row, field)
+                    if value is not None and not value.startswith("s3://"):
+                        if not Path(_resolve(root, value)).is_file():
+                            raise DataError(f"{path}:{lineno}: field {field!r}: file not found: {value}")
+            rows.append(row)
+    if not rows:
+        raise DataError(f"manifest {path} has no rows")
+    return Manifest(rows, root, source=str(path))
+
+
+def write_manifest(rows: Iterable[ManifestRow], path: str | Path) -> Path:
+    """Write rows as JSONL atomically (a temporary file renamed into place).
+
+    A crash mid-write therefore never leaves a truncated manifest behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row.model_dump(exclude_none=True), sort_keys=True) + "\n")
+    tmp.replace(path)
+    return path

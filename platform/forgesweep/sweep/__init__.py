@@ -1,0 +1,1 @@
+"""The sweep: search spaces, the Tune trial that wraps a TorchTrainer, MLflow logging of trials."""

@@ -1,0 +1,1 @@
+"""MLflow tracking: run layout, metrics, artifacts, model registry."""

@@ -1,0 +1,227 @@
+"""The continual training loop: plain PyTorch, run by every Ray Train worker (or locally).
+
+For each task in order: train ``epochs_per_task`` epochs on the task's training split plus the
+strategy's replay samples, let the strategy update its memory, evaluate on the test split of
+every task seen so far (ACC and AUC into the accuracy matrices), then report the stage's metrics
+with a stage checkpoint. Ray is reached only through the :class:`LoopContext` the caller
+passes, so this module is testable without Ray.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from forgesweep.config import ExperimentConfig
+from forgesweep.continual import build_strategy
+from forgesweep.continual.replay_buffer import Candidate
+from forgesweep.data.datasets import FrameCache, FrameDataset
+from forgesweep.data.manifest import Manifest, ManifestRow, read_manifest
+from forgesweep.data.tasks import Task, build_task_sequence
+from forgesweep.metrics import AccuracyMatrix, binary_metrics
+from forgesweep.models import build_model, unwrap_model
+from forgesweep.train.checkpoint import load_weights, read_state, save_stage_checkpoint
+
+
+class LoopContext(Protocol):
+    """What the loop needs from its runner (Ray Train or a local process)."""
+
+    device: torch.device
+    world_rank: int
+    world_size: int
+
+    def prepare_model(self, model: nn.Module) -> nn.Module: ...
+    def prepare_loader(self, loader: DataLoader) -> DataLoader: ...
+    def latest_checkpoint(self) -> Optional[Path]: ...
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Optional[Path]) -> None: ...
+
+
+@dataclass
+class LocalContext:
+    """Runs the loop in this process: checkpoints go to ``output_dir/stage-<k>``."""
+
+    output_dir: Path
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    world_rank: int = 0
+    world_size: int = 1
+    reports: list[dict[str, Any]] = field(default_factory=list)
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def prepare_loader(self, loader: DataLoader) -> DataLoader:
+        return loader
+
+    def latest_checkpoint(self) -> Optional[Path]:
+        stages = sorted(Path(self.output_dir).glob("stage-*"), key=lambda p: int(p.name.split("-")[1]))
+        return stages[-1] if stages else None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Optional[Path]) -> None:
+        if checkpoint_dir is not None:
+            target = Path(self.output_dir) / f"stage-{metrics['stage']}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Path(checkpoint_dir).rename(target)
+            metrics = {**metrics, "checkpoint_path": str(target)}
+        self.reports.append(metrics)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python-visible RNGs the loop uses (torch and NumPy)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _make_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    t = cfg.train
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, rows: Iterable[ManifestRow], cache: FrameCache, batch_size: int,
+                  device: torch.device) -> dict[str, float]:
+    """Fake probability of every row, keyed by sample id (model put in eval mode)."""
+    model = unwrap_model(model)
+    model.eval()
+    rows = list({r.key: r for r in rows}.values())
+    probs: dict[str, float] = {}
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        dataset = FrameDataset(chunk, cache)
+        images = torch.stack([dataset[i]["images"] for i in range(len(chunk))]).to(device)
+        out = model(images).probs().float().cpu().tolist()
+        probs.update({r.key: p for r, p in zip(chunk, out)})
+    return probs
+
+
+def evaluate_stage(model: nn.Module, tasks: list[Task], stage: int, cache: FrameCache, batch_size: int,
+                   device: torch.device, acc: AccuracyMatrix, auc: AccuracyMatrix) -> dict[str, float]:
+    """Evaluate tasks ``0..stage`` on their test splits; fill row ``stage`` of both matrices.
+
+    Reals shared by several tasks are scored once.
+    """
+    seen = tasks[: stage + 1]
+    probs = predict_probs(model, (r for t in seen for r in t.test), cache, batch_size, device)
+    out: dict[str, float] = {}
+    for task in seen:
+        p = [probs[r.key] for r in task.test]
+        y = [r.label for r in task.test]
+        m = binary_metrics(p, y)
+        acc.set(stage, task.index, m["acc"])
+        auc.set(stage, task.index, m["auc"])
+        for name in ("acc", "auc", "eer", "ap"):
+            out[f"{name}/{task.name}"] = m[name]
+    return out
+
+
+def _train_one_task(cfg: ExperimentConfig, ctx: LoopContext, model: nn.Module, strategy, rows: list[ManifestRow],
+                    cache: FrameCache, stage: int) -> dict[str, float]:
+    seed = cfg.seed * 1009 + stage
+    dataset = FrameDataset(rows, cache, horizontal_flip=cfg.data.horizontal_flip, seed=seed + ctx.world_rank)
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(seed))
+    loader = ctx.prepare_loader(loader)
+    optimizer = _make_optimizer(cfg, model)
+    sums: dict[str, float] = {}
+    for epoch in range(cfg.train.epochs_per_task):
+        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        model.train()
+        sums, batches = {}, 0
+        for batch in loader:
+            batch = {k: (v.to(ctx.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            optimizer.zero_grad(set_to_none=True)
+            _, terms = strategy.compute_loss(model, batch)
+            loss = terms["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at stage {stage + 1}, epoch {epoch + 1}; "
+                                         f"terms: { {k: float(v) for k, v in terms.items()} }")
+            loss.backward()
+            optimizer.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            batches += 1
+    # Mean loss terms of the last epoch.
+    return {f"train/{k}": v / max(batches, 1) for k, v in sums.items()}
+
+
+def run_continual(cfg: ExperimentConfig, ctx: LoopContext, manifest: Optional[Manifest] = None) -> AccuracyMatrix:
+    """Train ``cfg``'s model on its task sequence with its strategy; report after every stage.
+
+    Resumes after the last completed stage when ``ctx.latest_checkpoint()`` returns one.
+
+    Returns:
+        The final accuracy matrix.
+    """
+    seed_everything(cfg.seed)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+    manifest = manifest or read_manifest(cfg.data.manifest_path(), check_files=False)
+    tasks = build_task_sequence(manifest, cfg.data.sequence)
+    names = [t.name for t in tasks]
+    cache = FrameCache(manifest, cfg.data.image_size)
+
+    model = build_model(cfg.model.name, cfg.model.params)
+    strategy = build_strategy(cfg.strategy.name, cfg.strategy.params, seed=cfg.seed)
+    acc, auc = AccuracyMatrix(len(tasks)), AccuracyMatrix(len(tasks))
+    start = 0
+    resume_from = ctx.latest_checkpoint()
+    if resume_from is not None:
+        state = read_state(resume_from)
+        model.load_state_dict(load_weights(resume_from))
+        strategy.load_state_dict(state["strategy"])
+        acc, auc = AccuracyMatrix.from_dict(state["acc_matrix"]), AccuracyMatrix.from_dict(state["auc_matrix"])
+        start = int(state["stage"])
+    model.to(ctx.device)
+    model = ctx.prepare_model(model)
+
+    for t in range(start, len(tasks)):
+        began = time.perf_counter()
+        task = tasks[t]
+        strategy.before_task(t, model)
+        replay = [manifest.by_key(k) for k in strategy.replay_keys()]
+        losses = _train_one_task(cfg, ctx, model, strategy, list(task.train) + replay, cache, t)
+        strategy.after_task(t, model, [Candidate(r.key, r.label) for r in task.train])
+        per_task = evaluate_stage(model, tasks, t, cache, cfg.data.eval_batch_size, ctx.device, acc, auc)
+        summary = acc.summary(t)
+        metrics: dict[str, Any] = {
+            "stage": t + 1,
+            "task": task.name,
+            "avg_acc": summary["avg_acc"],
+            "avg_auc": auc.average(t),
+            "forgetting": summary["forgetting"],
+            "bwt": summary["bwt"],
+            "replay_size": len(replay),
+            "train_samples": len(task.train) + len(replay),
+            "stage_seconds": time.perf_counter() - began,
+            **per_task,
+            **losses,
+        }
+        checkpoint_dir = None
+        if ctx.world_rank == 0:
+            checkpoint_dir = Path(tempfile.mkdtemp(prefix=f"forgesweep-stage{t + 1}-"))
+            save_stage_checkpoint(checkpoint_dir, model, {
+                "stage": t + 1,
+                "task_names": names,
+                "config": cfg.to_dict(),
+                "strategy": strategy.state_dict(),
+                "acc_matrix": acc.to_dict(),
+                "auc_matrix": auc.to_dict(),
+                "seed": cfg.seed,
+                "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},
+            })
+        ctx.report(metrics, checkpoint_dir)
+    return acc
