@@ -10,7 +10,7 @@ Examples::
 
     forgesweep sweep                                   # the embedded default sweep
     forgesweep sweep --smoke --set sweep.num_samples=2
-    forgesweep train --set strategy.name=finetune      # one continual run, no sweep
+    forgesweep train --set strategy.name=finetune      # one continual run, no sweep (FT baseline)
     forgesweep synth --out data/synthetic --set data.synthetic.seed=3
     forgesweep config --set strategy.kd_temperature=4  # print the resolved config
 """
@@ -26,6 +26,7 @@ import yaml
 
 from forgesweep.config import (
     ExperimentConfig,
+    check_search_space,
     deep_merge,
     load_config_dict,
     parse_override,
@@ -103,7 +104,7 @@ def _cmd_train(cfg: ExperimentConfig, name: Optional[str]) -> int:
     from forgesweep.train.ray_session import connect_ray
     from forgesweep.train.trainer import build_trainer
 
-    preflight(cfg)
+    preflight(cfg, search_space=False)
     prepare_data(cfg)
     print(f"[ray] {connect_ray()}", flush=True)
     name = name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
@@ -132,6 +133,7 @@ def main(argv: Optional[Sequence[str]] = None, configs_dir: Optional[Path] = Non
     try:
         cfg = resolve_config(args.config, args.overrides, args.smoke, configs_dir)
         if args.command == "config":
+            check_search_space(cfg)
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0
         if args.command == "synth":

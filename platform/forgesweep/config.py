@@ -2,8 +2,11 @@
 
 One :class:`ExperimentConfig` describes a whole experiment: data, model, continual strategy,
 training, sweep and tracking. Every section forbids unknown keys, so a misspelled key (in a
-YAML file, a ``--set`` override or a sweep search space) fails loudly with the field's dotted
-name instead of being silently ignored.
+YAML file or a ``--set`` override) fails loudly with the field's dotted name instead of being
+silently ignored; :func:`check_search_space` does the same for the keys a sweep searches.
+
+Setting ``model.name`` / ``strategy.name`` to another component drops the old component's
+parameters (in ``--set`` overrides and in files that ``extends`` another).
 
 A YAML file may start from another one with ``extends: other.yaml`` (a path relative to the
 file); its keys are merged over the other file's, recursively.
@@ -25,7 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from forgesweep.data.synthetic.generate import SyntheticSpec
-from forgesweep.errors import ConfigError, UserError
+from forgesweep.errors import ConfigError, UserError, describe_validation_error
 
 
 class _Strict(BaseModel):
@@ -94,10 +97,29 @@ class ComponentConfig(BaseModel):
 
     _params: Any = PrivateAttr(None)
 
+    @staticmethod
+    def _registry() -> tuple[str, Any, Any]:
+        """(config section, registry, params resolver) of the component kind."""
+        raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _validate_params(self) -> "ComponentConfig":
+        section, registry, resolve = self._registry()
+        if self.name not in registry:
+            raise ConfigError(f"{section}.name: unknown {registry.kind} {self.name!r}; "
+                              f"known: {', '.join(registry.names())}")
+        self._params = resolve(self.name, self.raw_params)
+        return self
+
     @property
     def raw_params(self) -> dict[str, Any]:
         """The parameters as written (everything except ``name``)."""
         return dict(self.model_extra or {})
+
+    @property
+    def params(self) -> BaseModel:
+        """The component's validated parameter model."""
+        return self._params
 
 
 class ModelConfig(ComponentConfig):
@@ -105,19 +127,11 @@ class ModelConfig(ComponentConfig):
 
     name: str = "rsia_lite"
 
-    @model_validator(mode="after")
-    def _validate_params(self) -> "ModelConfig":
+    @staticmethod
+    def _registry() -> tuple[str, Any, Any]:
         from forgesweep.models.registry import MODELS, resolve_model_params
 
-        if self.name not in MODELS:
-            raise ConfigError(f"model.name: unknown model {self.name!r}; known: {', '.join(MODELS.names())}")
-        self._params = resolve_model_params(self.name, self.raw_params)
-        return self
-
-    @property
-    def params(self) -> BaseModel:
-        """The validated parameter model of the architecture."""
-        return self._params
+        return "model", MODELS, resolve_model_params
 
 
 class StrategyConfig(ComponentConfig):
@@ -125,19 +139,11 @@ class StrategyConfig(ComponentConfig):
 
     name: str = "cffd"
 
-    @model_validator(mode="after")
-    def _validate_params(self) -> "StrategyConfig":
+    @staticmethod
+    def _registry() -> tuple[str, Any, Any]:
         from forgesweep.continual import STRATEGIES, resolve_strategy_params
 
-        if self.name not in STRATEGIES:
-            raise ConfigError(f"strategy.name: unknown strategy {self.name!r}; known: {', '.join(STRATEGIES.names())}")
-        self._params = resolve_strategy_params(self.name, self.raw_params)
-        return self
-
-    @property
-    def params(self) -> BaseModel:
-        """The validated parameter model of the strategy."""
-        return self._params
+        return "strategy", STRATEGIES, resolve_strategy_params
 
 
 class TrainConfig(_Strict):
@@ -236,6 +242,19 @@ class ExperimentConfig(_Strict):
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
+    @model_validator(mode="after")
+    def _strategy_features_exist(self) -> "ExperimentConfig":
+        from forgesweep.continual import STRATEGIES
+        from forgesweep.models import MODELS
+
+        wanted = STRATEGIES.get(self.strategy.name).required_features(self.strategy.params)
+        available = MODELS.get(self.model.name).feature_names_for(self.model.params)
+        missing = [name for name in wanted if name not in available]
+        if missing:
+            raise ConfigError(f"strategy.feature_layers: {missing[0]!r} is not a feature of model "
+                              f"{self.model.name!r}; its features: {', '.join(available)}")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-safe dict that :func:`validate_config` turns back into this config."""
         return self.model_dump(mode="json")
@@ -261,18 +280,6 @@ class ExperimentConfig(_Strict):
 # Loading
 
 
-def _format_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    value = first.get("input")
-    shown = "" if first["type"] in ("extra_forbidden", "missing") or isinstance(value, (dict, list)) else f" (got {value!r})"
-    extra = f" [and {len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
-    return f"{loc or 'config'}: {msg}{shown}{extra}"
-
-
 def validate_config(data: Mapping[str, Any]) -> ExperimentConfig:
     """Validate a plain dict into an :class:`ExperimentConfig`.
 
@@ -282,9 +289,10 @@ def validate_config(data: Mapping[str, Any]) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(dict(data))
     except ValidationError as exc:
-        raise ConfigError(f"config error: {_format_error(exc)}") from None
+        raise ConfigError(f"config error: {describe_validation_error(exc)}") from None
     except UserError as exc:
-        raise ConfigError(f"config error: {exc}") from None
+        message = str(exc)
+        raise ConfigError(message if message.startswith("config error: ") else f"config error: {message}") from None
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -305,11 +313,26 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return deep_merge(base, data)
 
 
+COMPONENT_SECTIONS = ("model", "strategy")
+
+
+def _switches_component(key: str, base: Any, over: Any) -> bool:
+    # A different component name makes the old component's parameters meaningless.
+    return (key in COMPONENT_SECTIONS and isinstance(base, Mapping) and isinstance(over, Mapping)
+            and "name" in over and over["name"] != base.get("name"))
+
+
 def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """Recursively merge ``over`` into a copy of ``base`` (mappings merge, anything else replaces)."""
+    """Recursively merge ``over`` into a copy of ``base`` (mappings merge, anything else replaces).
+
+    Exception: a ``model`` or ``strategy`` section naming a different component replaces the
+    base section whole, so the old component's parameters are not carried over.
+    """
     out = copy.deepcopy(dict(base))
     for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+        if _switches_component(key, out.get(key), value):
+            out[key] = copy.deepcopy(value)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -319,10 +342,16 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     """Set ``data["a"]["b"] = value`` for ``dotted == "a.b"``, creating missing mappings.
 
+    Setting ``model.name`` or ``strategy.name`` to a different component drops the old
+    component's parameters (see :func:`deep_merge`).
+
     Raises:
         ConfigError: when a prefix of the path is not a mapping.
     """
     parts = dotted.split(".")
+    if len(parts) == 2 and parts[1] == "name" and _switches_component(parts[0], data.get(parts[0]), {"name": value}):
+        data[parts[0]] = {"name": value}
+        return
     if not all(parts):
         raise ConfigError(f"config error: bad key {dotted!r}")
     node = data
@@ -332,6 +361,37 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
             raise ConfigError(f"config error: {'.'.join(parts[:i + 1])} is not a section, cannot set {dotted}")
         node = nxt
     node[parts[-1]] = value
+
+
+def check_search_space(cfg: ExperimentConfig) -> None:
+    """Validate the config with every bound and choice of every ``sweep.space`` dimension put in.
+
+    A misspelled key (every section forbids unknown keys), a choice the model does not support or
+    an impossible range fails before a sweep starts, not in the middle of it. Only the sweep
+    command runs this check: ``train`` ignores the ``sweep`` section.
+
+    Raises:
+        ConfigError: ``config error: sweep.space.<key> = <value>: <problem>``.
+    """
+    base = cfg.to_dict()
+    base["sweep"]["space"] = {}
+    for key, dim in cfg.sweep.space.items():
+        values = dim.choices if dim.type == "categorical" else [dim.low, dim.high]
+        for value in values:
+            value = int(value) if dim.type == "int" else value
+            try:
+                validate_config(apply_params(base, {key: value}))
+            except ConfigError as exc:
+                reason = str(exc).removeprefix("config error: ")
+                raise ConfigError(f"config error: sweep.space.{key} = {value!r}: {reason}") from None
+
+
+def apply_params(base: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the config dict ``base`` with ``params`` (dotted keys) set."""
+    data = copy.deepcopy(dict(base))
+    for key, value in params.items():
+        set_dotted(data, key, value)
+    return data
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from forgesweep.continual.replay_buffer import Candidate
-from forgesweep.errors import ConfigError
+from forgesweep.errors import ConfigError, describe_validation_error
 from forgesweep.models.output import DetectorOutput
 from forgesweep.models.registry import unwrap_model
 from forgesweep.registry import Registry
@@ -43,6 +43,11 @@ class Strategy:
     def __init__(self, params: BaseModel, seed: int = 0) -> None:
         self.params = params
         self.seed = seed
+
+    @classmethod
+    def required_features(cls, params: BaseModel) -> list[str]:
+        """Names of model features the strategy reads (checked against the model in the config)."""
+        return []
 
     def before_task(self, task_index: int, model: nn.Module) -> None:
         """Called before training task ``task_index`` (0-based) starts."""
@@ -88,10 +93,12 @@ def resolve_strategy_params(name: str, params: Mapping[str, Any]) -> BaseModel:
     try:
         return cls.Params.model_validate(dict(params))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-        raise ConfigError(f"strategy.{loc}: {msg}") from None
+        hint = ""
+        if exc.errors()[0]["type"] == "extra_forbidden":
+            keys = ", ".join(cls.Params.model_fields) or "none"
+            hint = (f" (strategy {name!r} takes: {keys}; to switch strategy replace the whole section, "
+                    f"e.g. --set 'strategy={{name: {name}}}')")
+        raise ConfigError(describe_validation_error(exc, "strategy.") + hint) from None
 
 
 def build_strategy(name: str, params: Mapping[str, Any] | BaseModel | None = None, seed: int = 0) -> Strategy:

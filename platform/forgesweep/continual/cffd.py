@@ -71,6 +71,10 @@ class CFFD(Strategy):
         self.buffer = ReplayBuffer(params.replay_size, params.replay_policy, seed=seed)
         self.teacher: Optional[nn.Module] = None
 
+    @classmethod
+    def required_features(cls, params: CFFDParams) -> list[str]:
+        return list(params.feature_layers)
+
     def before_task(self, task_index: int, model: nn.Module) -> None:
         if task_index == 0:
             self.teacher = None

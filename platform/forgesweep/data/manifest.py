@@ -23,7 +23,7 @@ from typing import Iterable, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from forgesweep.errors import DataError
+from forgesweep.errors import DataError, describe_validation_error
 
 Split = Literal["train", "val", "test"]
 REAL_METHOD = "real"
@@ -119,12 +119,6 @@ def _check_videos_stay_in_one_split(rows: list[ManifestRow], source: str) -> Non
             )
 
 
-def _describe(err: ValidationError) -> str:
-    first = err.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "row"
-    return f"field {field!r}: {first['msg']}"
-
-
 def read_manifest(path: str | Path, check_files: bool = True) -> Manifest:
     """Read and validate a JSONL manifest.
 
@@ -156,7 +150,7 @@ def read_manifest(path: str | Path, check_files: bool = True) -> Manifest:
             try:
                 row = ManifestRow.model_validate(raw)
             except ValidationError as exc:
-                raise DataError(f"{path}:{lineno}: {_describe(exc)}") from None
+                raise DataError(f"{path}:{lineno}: field {describe_validation_error(exc)}") from None
             if check_files:
                 for field in ("path", "mask"):
                     value = getattr(row, field)
@@ -177,8 +171,11 @@ def write_manifest(rows: Iterable[ManifestRow], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row.model_dump(exclude_none=True), sort_keys=True) + "\n")
-    tmp.replace(path)
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row.model_dump(exclude_none=True), sort_keys=True) + "\n")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
-from forgesweep.errors import ConfigError
+from forgesweep.errors import ConfigError, describe_validation_error
 from forgesweep.models.output import DetectorOutput
 from forgesweep.registry import Registry
 
@@ -42,9 +42,17 @@ class Detector(nn.Module):
         """The architecture's own supervised loss terms (default: BCE on the fake logit)."""
         return {"bce": F.binary_cross_entropy_with_logits(out.logits, labels.float())}
 
+    @classmethod
+    def feature_names_for(cls, params: BaseModel) -> list[str]:
+        """Names of ``DetectorOutput.features`` a model with ``params`` produces, in order.
+
+        A classmethod, so configs are checked against it without building the model.
+        """
+        raise NotImplementedError
+
     def feature_names(self) -> list[str]:
         """Names of ``DetectorOutput.features`` this model produces, in order."""
-        raise NotImplementedError
+        return self.feature_names_for(self.params)
 
 
 def register_model(name: str):
@@ -69,6 +77,8 @@ def resolve_model_params(name: str, params: Mapping[str, Any]) -> BaseModel:
     params = dict(params)
     preset = params.pop("preset", None)
     merged: dict[str, Any] = {}
+    if preset is not None and not isinstance(preset, str):
+        raise ConfigError(f"model.preset: must be the name of a preset, got {preset!r}")
     if preset is not None:
         if preset not in cls.PRESETS:
             known = ", ".join(sorted(cls.PRESETS)) or "(none)"
@@ -78,9 +88,14 @@ def resolve_model_params(name: str, params: Mapping[str, Any]) -> BaseModel:
     try:
         return cls.Params.model_validate(merged)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"model.{loc}: {first['msg']}") from None
+        raise ConfigError(describe_validation_error(exc, "model.") + _known_keys_hint(exc, name, cls.Params)) from None
+
+
+def _known_keys_hint(exc: ValidationError, name: str, params_cls: type[BaseModel]) -> str:
+    if exc.errors()[0]["type"] != "extra_forbidden":
+        return ""
+    keys = ", ".join(["preset", *params_cls.model_fields]) or "none"
+    return f" (model {name!r} takes: {keys})"
 
 
 def build_model(name: str, params: Mapping[str, Any] | BaseModel | None = None) -> Detector:

@@ -115,7 +115,8 @@ class RSIALite(Detector):
         self.dropout = nn.Dropout(params.dropout)
         self.head = nn.Linear(params.embed_dim, 1)
 
-    def feature_names(self) -> list[str]:
+    @classmethod
+    def feature_names_for(cls, params: BaseModel) -> list[str]:
         names = []
         for k in range(1, NUM_STAGES + 1):
             names += [f"spatial{k}", f"frequency{k}", f"stage{k}"]

@@ -25,7 +25,8 @@ from forgesweep.errors import ConfigError, SweepFailed
 from forgesweep.metrics import AccuracyMatrix
 from forgesweep.models import build_model
 from forgesweep.sweep.mlflow_callback import MLflowTrialCallback, echo_stdout
-from forgesweep.sweep.space import apply_params, check_space, tune_space
+from forgesweep.config import apply_params, check_search_space
+from forgesweep.sweep.space import tune_space
 from forgesweep.tracking.model_registry import StageChoice, register_stage_models
 from forgesweep.tracking.runs import SweepRunLogger, TrialRecord, ensure_experiment, open_client
 from forgesweep.train.trainer import storage_path
@@ -47,9 +48,10 @@ class SweepOutcome:
     seconds: float
 
 
-def preflight(cfg: ExperimentConfig) -> None:
-    """Checks that need no data and no Ray: search space, model and strategy construction."""
-    check_space(cfg)
+def preflight(cfg: ExperimentConfig, search_space: bool = True) -> None:
+    """Checks that need no data and no Ray: search space (for sweeps), model and strategy construction."""
+    if search_space:
+        check_search_space(cfg)
     build_model(cfg.model.name, cfg.model.params)
     build_strategy(cfg.strategy.name, cfg.strategy.params)
     if cfg.sweep.scheduler.type == "asha" and cfg.sweep.scheduler.grace_period > len(cfg.data.sequence):

@@ -13,7 +13,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from forgesweep.config import validate_config
-from forgesweep.sweep.space import apply_params
+from forgesweep.config import apply_params
 from forgesweep.train.trainer import build_trainer
 
 

@@ -10,6 +10,7 @@ passes, so this module is testable without Ray.
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -69,7 +70,7 @@ class LocalContext:
         if checkpoint_dir is not None:
             target = Path(self.output_dir) / f"stage-{metrics['stage']}"
             target.parent.mkdir(parents=True, exist_ok=True)
-            Path(checkpoint_dir).rename(target)
+            shutil.move(str(checkpoint_dir), str(target))  # rename() fails across filesystems
             metrics = {**metrics, "checkpoint_path": str(target)}
         self.reports.append(metrics)
 
@@ -190,6 +191,8 @@ def run_continual(cfg: ExperimentConfig, ctx: LoopContext, manifest: Optional[Ma
 
     for t in range(start, len(tasks)):
         began = time.perf_counter()
+        # Seeded per stage, so a run resumed from stage t's checkpoint repeats an uninterrupted one.
+        seed_everything(cfg.seed * 1009 + t)
         task = tasks[t]
         strategy.before_task(t, model)
         replay = [manifest.by_key(k) for k in strategy.replay_keys()]
