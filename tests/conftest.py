@@ -495,3 +495,15 @@ def ray_session(ray_head: RayHead) -> Iterator[None]:
                 os.environ[key] = value
         ray_constants.ENABLE_RAY_CLUSTER = saved_cluster_flag
         _refresh_ray_auth_config()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's torch code on one thread: the machine's cores are shared, and torch's
+    default thread pool oversubscribes them (a tiny forward pass then takes seconds)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -162,6 +162,8 @@ def test_sweep_cffd_smoke_job_registers_stage_aliases(ray_head, tmp_path):
         f"tracking.artifact_location={tmp_path}/artifacts",
         "--set",
         f"data.root={tmp_path}/data",
+        "--set",
+        f"train.storage_path={tmp_path}/runs",
     ]
     try:
         result = _submit(ray_head, entrypoint, timeout=300)

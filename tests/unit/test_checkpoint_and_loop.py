@@ -31,12 +31,7 @@ from forgesweep.train.loop import LocalContext, run_continual
 TASKS = ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(root: Path | None = None, **model):

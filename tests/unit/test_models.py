@@ -15,13 +15,7 @@ CASES = [(name, preset) for name in MODELS.names() for preset in (sorted(MODELS.
 IDS = [f"{n}-{p}" for n, p in CASES]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The machine's cores are shared; torch's default thread pool oversubscribes them.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _build(name, preset, **params):

@@ -142,7 +142,22 @@ def read_video_frames(
     if not wanted:
         return np.zeros((0, 0, 0, 3), dtype=np.uint8)
     try:
-        batch = reader.get_batch(wanted).asnumpy()
+        try:
+            batch = reader.get_batch(wanted).asnumpy()
+        except Exception as exc:
+            if "size must exactly match" not in str(exc):
+                raise
+            # decord 0.6 pads RGB rows for a few widths (16, 24, 48, 72 px): its frames come back
+            # as HxWx4 or so and get_batch refuses to stack them. Read frame by frame and drop the
+            # row padding instead.
+            batch = np.stack([_strip_row_padding(reader[i].asnumpy()) for i in wanted])
     except Exception as exc:
         raise DataError(f"cannot decode frames {wanted} of video {path}: {exc}") from None
     return np.ascontiguousarray(batch, dtype=np.uint8)
+
+
+def _strip_row_padding(frame: np.ndarray) -> np.ndarray:
+    h, w = frame.shape[:2]
+    if frame.shape[2:] == (3,):
+        return frame
+    return frame.reshape(h, -1)[:, : 3 * w].reshape(h, w, 3)

@@ -168,7 +168,7 @@ def faceswap(target: RenderedFrame, source: RenderedFrame, rng: np.random.Genera
     eroded = inside.copy()
     eroded[1:-1, 1:-1] = inside[1:-1, 1:-1] & inside[:-2, 1:-1] & inside[2:, 1:-1] & inside[1:-1, :-2] & inside[1:-1, 2:]
     ring = (inside & ~eroded)[..., None]
-    fake = np.where(ring, fake * rng.uniform(0.45, 0.65), fake).astype(np.float32)
+    fake = np.where(ring, fake * rng.uniform(0.35, 0.55), fake).astype(np.float32)
     return fake, _to_mask(hard, 0.5)
 
 

@@ -103,12 +103,13 @@ def _source_of(names: list[str], index: int, method: str) -> str:
     """The partner of ``names[index]`` for ``method``: another identity of the same split.
 
     Each method pairs with a different offset, so one identity is not always swapped with the same
-    partner. A split with a single identity pairs it with itself (a self-swap still leaves the
-    method's artifacts).
+    partner. A split with a single identity borrows a spare one named after the split (``val_001``):
+    it appears only as that split's source, so identities still never cross splits, and the swap is
+    not a degenerate self-swap.
     """
     n = len(names)
     if n == 1:
-        return names[0]
+        return f"{names[0].rsplit('_', 1)[0]}_{1:03d}"
     offset = 1 + KNOWN_METHODS.index(method) % (n - 1)
     return names[(index + offset) % n]
 
