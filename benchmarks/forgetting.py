@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "platform"))
 
@@ -85,7 +87,9 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--skip-alone", action="store_true", help="skip the trained-alone check")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1, as in a Ray worker)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     cfg = resolve_config(args.config, args.overrides, smoke=False, configs_dir=HERE.parent / "jobs" / "configs")
     manifest, tasks = prepare_data(cfg)
     print(f"seeds {args.seeds}; {cfg.train.epochs_per_task} epochs per task; model {cfg.model.name} "

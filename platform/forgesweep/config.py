@@ -149,8 +149,8 @@ class StrategyConfig(ComponentConfig):
 class TrainConfig(_Strict):
     """The per-worker training loop and its Ray Train scaling."""
 
-    epochs_per_task: int = Field(3, ge=1, le=1000)
-    lr: float = Field(1e-3, gt=0, le=10)
+    epochs_per_task: int = Field(4, ge=1, le=1000)
+    lr: float = Field(2e-3, gt=0, le=10)
     weight_decay: float = Field(0.0, ge=0, le=1)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     num_workers: int = Field(1, ge=1, le=4096, description="Ray Train workers (DDP ranks)")

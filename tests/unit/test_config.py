@@ -84,7 +84,7 @@ def test_smoke_yaml_extends_default():
     assert cfg.data.synthetic.seed == 0
     assert cfg.data.batch_size == 32
     assert cfg.sweep.scheduler.grace_period == 2
-    assert cfg.train.lr == pytest.approx(1e-3)
+    assert cfg.train.lr == pytest.approx(2e-3)
     assert cfg.strategy.params.kd_temperature == 2.0
     assert cfg.tracking.experiment == "forgesweep-cffd"
     assert len(cfg.sweep.space) == 6

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,7 @@ def bench(tmp_path_factory) -> Path:
 
 def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.suffix in {".png", ".jsonl", ".json"}}
+            if p.is_file() and p.suffix in {".png", ".jsonl", ".json", ".mp4"}}
 
 
 def _pixels(path: str) -> np.ndarray:
@@ -53,7 +55,8 @@ def test_layout_and_manifest_validate(bench):
 
 
 def test_same_spec_gives_identical_bytes_in_parallel(bench, tmp_path):
-    # Two worker processes, other order of completion: still byte-identical PNGs, spec and manifest.
+    # Two worker processes, other order of completion: still byte-identical PNGs, spec, manifest
+    # (and videos, though only the first three are promised).
     again = generate_synthetic(tmp_path / "again", TINY, workers=2).parent
     assert _files(again) == _files(bench)
 
@@ -173,3 +176,18 @@ def test_interrupted_run_leaves_no_benchmark(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         generate_synthetic(tmp_path / "b", TINY.model_copy(update={"write_videos": False}), workers=1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unguarded_script_falls_back_to_one_process(tmp_path):
+    # A script without `if __name__ == "__main__"` breaks spawned workers; it must still finish.
+    script = tmp_path / "make.py"
+    script.write_text(
+        "from forgesweep.data.synthetic import SyntheticSpec, generate_synthetic\n"
+        f"generate_synthetic({str(tmp_path / 'b')!r}, SyntheticSpec(image_size=32, train_identities=2,"
+        " val_identities=1, test_identities=2, frames_per_video=1, write_videos=False, methods=['FaceSwap']),"
+        " workers=2)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "generating in one process" in done.stderr
+    assert len(read_manifest(tmp_path / "b" / "manifest.jsonl")) == 5 * 2

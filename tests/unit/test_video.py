@@ -6,6 +6,7 @@ import av
 import numpy as np
 import pytest
 
+from forgesweep.data import video
 from forgesweep.data.video import read_video_frames, write_video
 from forgesweep.errors import DataError
 
@@ -39,6 +40,22 @@ def test_uses_h264_when_available(tmp_path):
         codec = container.streams.video[0].codec_context.name
     expected = "h264" if "libx264" in av.codecs_available else "mpeg4"
     assert codec == expected
+
+
+def test_mpeg4_fallback_roundtrips(tmp_path, monkeypatch):
+    # PyAV builds without libx264 fall back to MPEG-4 Part 2.
+    monkeypatch.setattr(video, "_codec", lambda: "mpeg4")
+    path = write_video(_ramp(4), tmp_path / "m.mp4")
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].codec_context.name == "mpeg4"
+    assert _levels(read_video_frames(path)) == [0, 1, 2, 3]
+
+
+def test_same_frames_give_the_same_file(tmp_path):
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(4)]
+    digests = {write_video(frames, tmp_path / f"{i}.mp4").read_bytes() for i in range(5)}
+    assert len(digests) == 1
 
 
 def test_num_frames_are_evenly_spaced_and_clamped(tmp_path):

@@ -72,12 +72,14 @@ def write_video(frames: Sequence[np.ndarray], path: str | Path, fps: int = 10) -
             stream = container.add_stream(codec, rate=fps)
             stream.height, stream.width = padded[0].shape[:2]
             stream.pix_fmt = "yuv420p"
-            # One thread: the clips are tiny, and single-threaded x264 output never depends on timing.
-            stream.codec_context.thread_count = 1
+            # One encoder thread, set as a codec option (PyAV's thread_count alone is overridden by the
+            # options): with more, x264 output depends on thread timing, and the same frames would
+            # not always give the same file. The clips are tiny, so nothing is lost.
             if codec == "libx264":
-                stream.options = {"crf": "18", "preset": "veryfast"}
+                stream.options = {"crf": "18", "preset": "veryfast", "threads": "1"}
             else:
                 stream.codec_context.bit_rate = 4_000_000
+                stream.options = {"threads": "1"}
             for f in padded:
                 for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
                     container.mux(packet)

@@ -84,7 +84,8 @@ class RenderedFrame:
     """A rendered clean frame (float32 HxWx3 in [0, 1]) with the soft region masks forgeries use.
 
     ``regions`` holds float32 HxW maps in [0, 1]: ``face`` (the skin ellipse), ``hull`` (the face
-    below the brows), ``inner`` (an ellipse around brows, eyes, nose and mouth), ``eyes`` and ``mouth`` (boxes around each feature).
+    below the brows), ``inner`` (an ellipse around brows, eyes, nose and mouth), ``eyes`` and
+    ``mouth`` (boxes around each feature).
     """
 
     image: np.ndarray

@@ -13,10 +13,14 @@ later method can overwrite an earlier one (the forgetting a continual benchmark 
 * ``Face2Face``: eye and mouth boxes re-enacted from the same person with another expression,
   resampled (blur), misaligned by a few pixels and pasted with a hard rectangular seam and a gain step.
   (A plain 2-3 px mouth shift was not learnable at 64 px; the seam and blur are.)
-* ``FaceSwap``: a graphics swap -- the inner face of another identity pasted with a hard, aliased edge,
-  a lighting mismatch (another light direction and exposure) and a slight scale mismatch.
+* ``FaceSwap``: a graphics swap -- the inner face of another identity, slightly rescaled, relit (another
+  light direction and exposure) and over-sharpened, pasted with a hard aliased edge whose one-pixel
+  outline the rasterised mesh leaves dark.
 * ``NeuralTextures``: the mouth region re-rendered through a nearest-neighbour upsampler with a
   checkerboard, the periodic high-frequency trace of transposed-convolution decoders.
+
+Blur widths and shifts scale with the frame size (tuned at 64 px); the one-pixel seam and the period-2
+checkerboard stay one and two pixels, as a decoder's traces do at any output size.
 """
 
 from __future__ import annotations
@@ -145,28 +149,28 @@ def faceswap(target: RenderedFrame, source: RenderedFrame, rng: np.random.Genera
     Args:
         target: the frame whose inner face is replaced.
         source: another identity's face rendered in the target's pose (``faces.swap_identity``).
-        rng: draws the lighting mismatch and the scale mismatch.
+        rng: draws the scale mismatch, the lighting mismatch, the sharpening and the seam's darkness.
 
     Returns:
         ``(fake, mask)`` as for :func:`deepfakes`.
     """
     h, w = target.image.shape[:2]
-    hard = (target.regions["inner"] > 0.5).astype(np.float32)  # aliased polygon edge
+    hard = (target.regions["inner"] > 0.5).astype(np.float32)  # binary: an aliased, unblended edge
     face = warp(source.image, (0.0, 0.0), rng.uniform(1.05, 1.12), _centre(hard))
     # The model is lit by a different light: another direction and exposure than the scene.
     gx, gy = np.meshgrid(np.linspace(-1, 1, w, dtype=np.float32), np.linspace(-1, 1, h, dtype=np.float32))
     angle = rng.uniform(0, 2 * np.pi)
     shade = 1.0 + rng.uniform(0.25, 0.45) * (gx * np.cos(angle) + gy * np.sin(angle))
-    gain = rng.choice([rng.uniform(0.7, 0.82), rng.uniform(1.18, 1.3)])
+    gain = rng.choice([rng.uniform(0.72, 0.85), rng.uniform(1.15, 1.25)])
     face = face * (gain * shade)[..., None]
     # Rendered graphics are crisp: an unsharp mask overshoots every edge of the pasted texture,
     # high-frequency content where a Deepfakes face would be smooth.
-    face = face + rng.uniform(1.5, 2.0) * (face - blur(face, 1.0 * _px(target)))
+    face = face + rng.uniform(1.0, 1.5) * (face - blur(face, 1.0 * _px(target)))
     fake = _composite(target.image, face, hard)
     # The rasterised mesh does not quite cover its own outline: a one-pixel dark gap along the edge.
     inside = hard > 0
-    eroded = inside.copy()
-    eroded[1:-1, 1:-1] = inside[1:-1, 1:-1] & inside[:-2, 1:-1] & inside[2:, 1:-1] & inside[1:-1, :-2] & inside[1:-1, 2:]
+    p = np.pad(inside, 1)
+    eroded = inside & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
     ring = (inside & ~eroded)[..., None]
     fake = np.where(ring, fake * rng.uniform(0.35, 0.55), fake).astype(np.float32)
     return fake, _to_mask(hard, 0.5)

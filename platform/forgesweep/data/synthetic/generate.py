@@ -24,6 +24,9 @@ import hashlib
 import multiprocessing
 import os
 import shutil
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -193,6 +196,23 @@ def _jobs(spec: SyntheticSpec, root: Path) -> list[_Job]:
     return jobs
 
 
+def _run_parallel(jobs: list[_Job], workers: int) -> Optional[list[list[dict]]]:
+    """Make the videos in ``workers`` processes; None if worker processes cannot start here.
+
+    spawn, not fork: callers (torch, Ray workers) are multi-threaded, and a forked child inherits
+    locks held by threads it does not have. A spawned child re-imports the caller's main script,
+    which fails when that script starts this generation without an ``if __name__ == "__main__"``
+    guard; the pool then breaks and the caller falls back to one process rather than failing.
+    """
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return list(pool.map(_make_video, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
+    except BrokenProcessPool:
+        warnings.warn("synthetic benchmark: worker processes failed to start; generating in one process",
+                      RuntimeWarning, stacklevel=3)
+        return None
+
+
 def generate_synthetic(out_dir: str | Path, spec: Optional[SyntheticSpec] = None, *,
                        workers: Optional[int] = None, overwrite: bool = False) -> Path:
     """Generate the benchmark into ``out_dir`` and return the path of its manifest.
@@ -204,8 +224,9 @@ def generate_synthetic(out_dir: str | Path, spec: Optional[SyntheticSpec] = None
     Args:
         out_dir: the folder to create.
         spec: what to generate (default: ``SyntheticSpec()``).
-        workers: processes rendering videos in parallel (default: up to 2, the CPU count); the
-            output is identical for any value.
+        workers: processes rendering videos in parallel (default: min(2, CPU count)); the output
+            is identical for any value. Without a main guard in the calling script (see
+            ``_run_parallel``) generation falls back to one process with a RuntimeWarning.
         overwrite: replace an existing ``out_dir`` (only once the new benchmark is complete).
 
     Returns:
@@ -226,12 +247,9 @@ def generate_synthetic(out_dir: str | Path, spec: Optional[SyntheticSpec] = None
     try:
         jobs = _jobs(spec, tmp)
         workers = max(1, min(workers or min(2, os.cpu_count() or 1), len(jobs)))
-        if workers == 1:
+        per_video = _run_parallel(jobs, workers) if workers > 1 else None
+        if per_video is None:
             per_video = [_make_video(j) for j in jobs]
-        else:
-            # spawn, not fork: callers (Ray workers, torch) are multi-threaded, and fork copies locks.
-            with multiprocessing.get_context("spawn").Pool(workers) as pool:
-                per_video = pool.map(_make_video, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
         (tmp / "spec.json").write_text(spec.model_dump_json(indent=2) + "\n", encoding="utf-8")
         rows = [ManifestRow.model_validate(r) for video in per_video for r in video]
         write_manifest(rows, tmp / "manifest.jsonl")
