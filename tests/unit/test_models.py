@@ -82,7 +82,7 @@ def test_gradients_reach_every_trainable_parameter(name, preset):
     size = _size(model)
     out = model(torch.randn(4, 3, size, size))
     labels = torch.tensor([0, 1, 0, 1])
-    terms = model.task_loss(out, labels)
+    terms = model.task_loss(out, {"labels": labels})
     assert set(terms) and all(t.ndim == 0 for t in terms.values())
     sum(terms.values()).backward()
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]

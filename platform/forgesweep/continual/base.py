@@ -59,7 +59,7 @@ class Strategy:
     def compute_loss(self, model: nn.Module, batch: Batch) -> tuple[DetectorOutput, dict[str, torch.Tensor]]:
         """Forward ``batch["images"]`` and return the output and the loss terms (``loss`` = total)."""
         out = model(batch["images"])
-        terms = unwrap_model(model).task_loss(out, batch["labels"])
+        terms = unwrap_model(model).task_loss(out, batch)
         terms["loss"] = sum(terms.values())
         return out, terms
 

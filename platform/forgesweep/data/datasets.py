@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from forgesweep.data.manifest import Manifest, ManifestRow
-from forgesweep.data.preprocess import load_image, to_model_input
+from forgesweep.data.preprocess import load_image, load_mask, to_model_input
 
 
 class FrameCache:
@@ -22,6 +22,7 @@ class FrameCache:
         self.manifest = manifest
         self.image_size = image_size
         self._frames: dict[str, torch.Tensor] = {}
+        self._masks: dict[str, torch.Tensor] = {}
 
     def get(self, row: ManifestRow) -> torch.Tensor:
         """The row's frame, decoded on first use (DataError if unreadable)."""
@@ -32,6 +33,22 @@ class FrameCache:
             self._frames[row.key] = frame
         return frame
 
+    def get_mask(self, row: ManifestRow) -> tuple[torch.Tensor, bool]:
+        """The row's ``[1, H, W]`` uint8 0/1 mask and whether it is known.
+
+        A real frame's mask is all zero by definition; a fake without a mask file gets an
+        all-zero mask marked unknown, so mask losses skip it.
+        """
+        cached = self._masks.get(row.key)
+        if cached is not None:
+            return cached, True
+        source = self.manifest.resolve_mask(row)
+        if source is None:
+            return torch.zeros(1, self.image_size, self.image_size, dtype=torch.uint8), row.label == 0
+        mask = torch.from_numpy(load_mask(source, self.image_size)).unsqueeze(0)
+        self._masks[row.key] = mask
+        return mask, True
+
     def stack(self, rows: Sequence[ManifestRow]) -> torch.Tensor:
         """``[N, 3, H, W]`` uint8 frames of ``rows``."""
         return torch.stack([self.get(r) for r in rows]) if rows else torch.empty(0, 3, self.image_size, self.image_size, dtype=torch.uint8)
@@ -39,6 +56,9 @@ class FrameCache:
 
 class FrameDataset(Dataset):
     """Samples ``{"images": float [3,H,W], "labels": int, "keys": str}`` of the given rows.
+
+    With ``with_masks`` samples also carry ``masks`` (float ``[1,H,W]`` of 0/1, flipped with
+    the image) and ``mask_valid`` (bool), see :meth:`FrameCache.get_mask`.
 
     All frames are decoded when the dataset is built, so an unreadable frame fails before
     training starts rather than in the middle of an epoch.
@@ -48,12 +68,15 @@ class FrameDataset(Dataset):
         cache: the process's frame cache.
         horizontal_flip: flip each sample with probability 1/2 (training only).
         seed: seeds the flip generator, so runs repeat.
+        with_masks: also load manipulation masks.
     """
 
     def __init__(self, rows: Sequence[ManifestRow], cache: FrameCache, horizontal_flip: bool = False,
-                 seed: int = 0) -> None:
+                 seed: int = 0, with_masks: bool = False) -> None:
         self.rows = list(rows)
         self.frames = cache.stack(self.rows)
+        self.masks: list[tuple[torch.Tensor, bool]] | None = (
+            [cache.get_mask(r) for r in self.rows] if with_masks else None)
         self.labels = torch.tensor([r.label for r in self.rows], dtype=torch.long)
         self.horizontal_flip = horizontal_flip
         self._generator = torch.Generator().manual_seed(seed)
@@ -63,6 +86,12 @@ class FrameDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image = self.frames[index]
-        if self.horizontal_flip and torch.rand((), generator=self._generator).item() < 0.5:
+        flip = self.horizontal_flip and torch.rand((), generator=self._generator).item() < 0.5
+        if flip:
             image = image.flip(-1)
-        return {"images": to_model_input(image), "labels": self.labels[index], "keys": self.rows[index].key}
+        sample = {"images": to_model_input(image), "labels": self.labels[index], "keys": self.rows[index].key}
+        if self.masks is not None:
+            mask, valid = self.masks[index]
+            sample["masks"] = (mask.flip(-1) if flip else mask).float()
+            sample["mask_valid"] = torch.tensor(valid)
+        return sample

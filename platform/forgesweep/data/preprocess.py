@@ -44,6 +44,24 @@ def load_image(source: Union[str, Path, bytes], size: int) -> np.ndarray:
         raise DataError(f"unreadable frame {name}: {exc}") from None
 
 
+def load_mask(path: Union[str, Path], size: int) -> np.ndarray:
+    """Decode a manipulation mask to a ``[size, size]`` uint8 array of 0/1 (nearest resize).
+
+    Raises:
+        DataError: naming the file when it is missing or not a readable image.
+    """
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L")
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.NEAREST)
+            return (np.asarray(img, dtype=np.uint8) >= 128).astype(np.uint8)
+    except FileNotFoundError:
+        raise DataError(f"mask not found: {path}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"unreadable mask {path}: {exc}") from None
+
+
 def verify_image(path: Union[str, Path]) -> None:
     """Check that ``path`` is a complete, readable image without decoding all its pixels.
 

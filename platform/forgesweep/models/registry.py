@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -32,15 +32,69 @@ class Detector(nn.Module):
     """Base class of every registered detector.
 
     Subclasses set ``Params`` (a pydantic model) and may set ``PRESETS`` (name -> params dict),
-    implement ``forward(images) -> DetectorOutput`` and may override :meth:`task_loss`.
+    implement ``forward(inputs) -> DetectorOutput`` and may override the hooks below. The
+    training loop and every strategy reach a model only through this interface, so any strategy
+    works with any architecture.
+
+    Class attributes:
+        input_kind: ``"image"`` -- ``forward`` takes ``[B, 3, H, W]`` frames; ``"clip"`` -- it
+            takes ``[B, T, 3, H, W]`` clips of ``T`` consecutive frames (``clip_length()``), and
+            evaluation is per video (mean logit over the video's clips).
+        uses_masks: the batch should carry manipulation masks (see :meth:`task_loss`).
     """
 
     Params: type[BaseModel]
     PRESETS: dict[str, dict[str, Any]] = {}
+    input_kind: ClassVar[str] = "image"
+    uses_masks: ClassVar[bool] = False
 
-    def task_loss(self, out: DetectorOutput, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The architecture's own supervised loss terms (default: BCE on the fake logit)."""
-        return {"bce": F.binary_cross_entropy_with_logits(out.logits, labels.float())}
+    def task_loss(self, out: DetectorOutput, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """The architecture's own supervised loss terms (default: BCE on the fake logit).
+
+        Args:
+            out: this model's output for ``batch``.
+            batch: ``labels`` (long ``[B]``, 1 = fake) always; when the model sets
+                ``uses_masks``, also ``masks`` (float ``[B, 1, H, W]`` in {0, 1}, all zero for
+                reals) and ``mask_valid`` (bool ``[B]``: False for a fake without a mask).
+
+        Returns:
+            Named loss terms; the strategy adds them up (and adds its own).
+        """
+        return {"bce": F.binary_cross_entropy_with_logits(out.logits, batch["labels"].float())}
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Sub-modules that never train (e.g. a frozen CLIP tower).
+
+        Their parameters must have ``requires_grad=False`` (so they stay out of the optimiser
+        and of DDP's gradient sync); :meth:`train` keeps them in eval mode. Strategies that
+        copy the model as a teacher may share these instead of copying them.
+        """
+        return []
+
+    def train(self, mode: bool = True) -> "Detector":
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
+
+    def clip_length(self) -> int:
+        """Frames per clip for ``input_kind == "clip"`` models."""
+        raise NotImplementedError(f"{type(self).__name__} takes images, not clips")
+
+    def training_phases(self, epochs: int) -> list[tuple[str, int]]:
+        """The phases of one task's training as ``(name, epochs)``, run in order.
+
+        Each phase gets a fresh optimiser over the parameters that require grad after
+        :meth:`begin_phase` (e.g. StyleFlow trains its StyleGRU first, then the detector with
+        the StyleGRU frozen). Default: one phase, ``main``.
+        """
+        return [("main", epochs)]
+
+    def begin_phase(self, name: str) -> None:
+        """Switch to training phase ``name`` (set ``requires_grad``, loss mode)."""
+
+    def after_optimizer_step(self) -> None:
+        """Called after every optimiser step (e.g. momentum encoders, memory queues)."""
 
     @classmethod
     def feature_names_for(cls, params: BaseModel) -> list[str]:

@@ -131,30 +131,39 @@ def evaluate_stage(model: nn.Module, tasks: list[Task], stage: int, cache: Frame
 def _train_one_task(cfg: ExperimentConfig, ctx: LoopContext, model: nn.Module, strategy, rows: list[ManifestRow],
                     cache: FrameCache, stage: int) -> dict[str, float]:
     seed = cfg.seed * 1009 + stage
-    dataset = FrameDataset(rows, cache, horizontal_flip=cfg.data.horizontal_flip, seed=seed + ctx.world_rank)
+    detector = unwrap_model(model)
+    dataset = FrameDataset(rows, cache, horizontal_flip=cfg.data.horizontal_flip, seed=seed + ctx.world_rank,
+                           with_masks=detector.uses_masks)
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     loader = ctx.prepare_loader(loader)
-    optimizer = _make_optimizer(cfg, model)
     sums: dict[str, float] = {}
-    for epoch in range(cfg.train.epochs_per_task):
-        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        model.train()
-        sums, batches = {}, 0
-        for batch in loader:
-            batch = {k: (v.to(ctx.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-            optimizer.zero_grad(set_to_none=True)
-            _, terms = strategy.compute_loss(model, batch)
-            loss = terms["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at stage {stage + 1}, epoch {epoch + 1}; "
-                                         f"terms: { {k: float(v) for k, v in terms.items()} }")
-            loss.backward()
-            optimizer.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            batches += 1
+    epoch = 0
+    for phase, phase_epochs in detector.training_phases(cfg.train.epochs_per_task):
+        detector.begin_phase(phase)
+        # A fresh optimiser per phase: each phase trains its own parameter set.
+        optimizer = _make_optimizer(cfg, model)
+        for _ in range(phase_epochs):
+            if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+                loader.sampler.set_epoch(epoch)
+            epoch += 1
+            model.train()
+            sums, batches = {}, 0
+            for batch in loader:
+                batch = {k: (v.to(ctx.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+                optimizer.zero_grad(set_to_none=True)
+                _, terms = strategy.compute_loss(model, batch)
+                loss = terms["loss"]
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"loss became {loss.item()} at stage {stage + 1}, phase {phase}, epoch {epoch}; "
+                        f"terms: { {k: float(v) for k, v in terms.items()} }")
+                loss.backward()
+                optimizer.step()
+                detector.after_optimizer_step()
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                batches += 1
     # Mean loss terms of the last epoch.
     return {f"train/{k}": v / max(batches, 1) for k, v in sums.items()}
 
