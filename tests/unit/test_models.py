@@ -25,17 +25,11 @@ def _build(name, preset, **params):
     return build_model(name, params)
 
 
-def _size(model) -> int:
-    # Smallest size whose last stage is still 2x2 (a 1x1 map makes attention trivially constant).
-    block = getattr(getattr(model, "params", None), "dct_block", 4)
-    return max(32, 16 * block)
-
-
 @pytest.mark.parametrize("name, preset", CASES, ids=IDS)
 def test_output_contract(name, preset):
     model = _build(name, preset)
     batch = 3
-    images = torch.randn(batch, 3, 32, 32)
+    images = model.example_input(batch)
     model.train()
     out = model(images)
     assert isinstance(out, DetectorOutput)
@@ -47,7 +41,7 @@ def test_output_contract(name, preset):
     assert list(out.features) == names
     assert len(set(names)) == len(names) > 0
     for key, feat in out.features.items():
-        assert feat.ndim == 4 and feat.shape[0] == batch, key
+        assert feat.ndim >= 2 and feat.shape[0] == batch, key
         assert torch.isfinite(feat).all(), key
     assert out.embedding is not None
     assert out.embedding.ndim == 2 and out.embedding.shape[0] == batch and out.embedding.shape[1] > 0
@@ -58,7 +52,7 @@ def test_output_contract(name, preset):
 @pytest.mark.parametrize("name, preset", CASES, ids=IDS)
 def test_eval_mode_is_deterministic_and_per_sample(name, preset):
     model = _build(name, preset).eval()
-    images = torch.randn(4, 3, 32, 32)
+    images = model.example_input(4)
     with torch.no_grad():
         a = model(images)
         b = model(images)
@@ -79,8 +73,7 @@ def test_gradients_reach_every_trainable_parameter(name, preset):
             if p.requires_grad and not p.any():
                 p.fill_(0.5)
     model.train()
-    size = _size(model)
-    out = model(torch.randn(4, 3, size, size))
+    out = model(model.example_input(4))
     labels = torch.tensor([0, 1, 0, 1])
     terms = model.task_loss(out, {"labels": labels})
     assert set(terms) and all(t.ndim == 0 for t in terms.values())

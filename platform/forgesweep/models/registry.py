@@ -93,6 +93,14 @@ class Detector(nn.Module):
     def begin_phase(self, name: str) -> None:
         """Switch to training phase ``name`` (set ``requires_grad``, loss mode)."""
 
+    def example_input(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A random input batch of the smallest size this model handles well (used by tests).
+
+        Default: ``[batch, 3, 32, 32]`` images in [-1, 1]; clip models return
+        ``[batch, T, 3, H, W]``.
+        """
+        return torch.rand(batch, 3, 32, 32, generator=generator) * 2 - 1
+
     def after_optimizer_step(self) -> None:
         """Called after every optimiser step (e.g. momentum encoders, memory queues)."""
 

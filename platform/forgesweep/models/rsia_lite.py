@@ -122,6 +122,11 @@ class RSIALite(Detector):
             names += [f"spatial{k}", f"frequency{k}", f"stage{k}"]
         return names
 
+    def example_input(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        # Smallest size whose last stage is still 2x2 (a 1x1 map makes attention trivially constant).
+        size = max(32, 16 * self.params.dct_block)
+        return torch.rand(batch, 3, size, size, generator=generator) * 2 - 1
+
     def forward(self, images: torch.Tensor) -> DetectorOutput:
         features: "OrderedDict[str, torch.Tensor]" = OrderedDict()
         s = self.spatial_stem(images)
