@@ -507,3 +507,47 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- synthetic training data
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "default.yaml"
+
+
+@pytest.fixture(scope="session")
+def learn_benchmark(tmp_path_factory):
+    """A small synthetic benchmark shared by the tests that check an architecture learns.
+
+    Deepfakes-like fakes and their reals, 64 px, with masks and MP4 videos (8 frames a video so
+    clip models get clips): 384 train / 192 test frames, batches of 16.
+    """
+    from forgesweep.config import load_config
+    from forgesweep.data.prepare import prepare_data
+
+    root = tmp_path_factory.mktemp("learn") / "data"
+    cfg = load_config(DEFAULT_CONFIG, [
+        f"data.root={root}", "data.synthetic.methods=[Deepfakes]", "data.sequence=[Deepfakes]",
+        "data.synthetic.train_identities=24", "data.synthetic.val_identities=2",
+        "data.synthetic.test_identities=12", "data.synthetic.frames_per_video=8", "data.batch_size=16",
+    ])
+    manifest, _ = prepare_data(cfg, echo=lambda _: None)
+    return cfg, manifest
+
+
+@pytest.fixture()
+def train_one_stage(learn_benchmark, tmp_path):
+    """``train_one_stage(model={...}, **train) -> AccuracyMatrix``: one fine-tuning stage on
+    :func:`learn_benchmark` through the real continual loop (no Ray), test split evaluated."""
+    from forgesweep.config import validate_config
+    from forgesweep.train.loop import LocalContext, run_continual
+
+    cfg, manifest = learn_benchmark
+
+    def run(model: dict, strategy: Optional[dict] = None, **train):
+        data = cfg.to_dict()
+        data["model"] = model
+        data["strategy"] = strategy or {"name": "finetune"}
+        data["train"].update(train)
+        return run_continual(validate_config(data), LocalContext(tmp_path / "run"), manifest)
+
+    return run
