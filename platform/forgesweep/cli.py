@@ -1,4 +1,4 @@
-"""The ``forgesweep`` command: ``synth``, ``train``, ``sweep`` and ``config``.
+"""The ``forgesweep`` command: ``synth``, ``train``, ``sweep``, ``matrix`` and ``config``.
 
 Every sub-command takes ``--config PATH`` (default: ``jobs/configs/default.yaml`` of the
 checkout when there is one, else the built-in defaults), ``--set key=value`` overrides
@@ -11,6 +11,7 @@ Examples::
     forgesweep sweep                                   # the embedded default sweep
     forgesweep sweep --smoke --set sweep.num_samples=2
     forgesweep train --set strategy.name=finetune      # one continual run, no sweep (FT baseline)
+    forgesweep matrix --config jobs/configs/matrix.yaml  # strategies x seeds comparison table
     forgesweep synth --out data/synthetic --set data.synthetic.seed=3
     forgesweep config --set strategy.kd_temperature=4  # print the resolved config
 """
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("sweep", help="Ray Tune + Optuna sweep of continual runs, tracked in MLflow")
     _common(p)
+    p = sub.add_parser("matrix", help="comparison matrix: every model x sequence x strategy x seed on Ray")
+    _common(p)
     p = sub.add_parser("train", help="one continual run on Ray Train (no sweep)")
     _common(p)
     p.add_argument("--name", help="run name under train.storage_path (default: <name>-<timestamp>)")
@@ -93,6 +96,13 @@ def _cmd_sweep(cfg: ExperimentConfig) -> int:
 
     outcome = run_sweep(cfg)
     print(format_summary(outcome, [t.name for t in cfg.data.sequence]), flush=True)
+    return 0
+
+
+def _cmd_matrix(cfg: ExperimentConfig) -> int:
+    from forgesweep.sweep.matrix import format_matrix_summary, run_matrix
+
+    print(format_matrix_summary(run_matrix(cfg)), flush=True)
     return 0
 
 
@@ -140,6 +150,8 @@ def main(argv: Optional[Sequence[str]] = None, configs_dir: Optional[Path] = Non
             return _cmd_synth(cfg, args.out)
         if args.command == "train":
             return _cmd_train(cfg, args.name)
+        if args.command == "matrix":
+            return _cmd_matrix(cfg)
         return _cmd_sweep(cfg)
     except UserError as exc:
         message = str(exc)

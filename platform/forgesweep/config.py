@@ -230,6 +230,22 @@ class TrackingConfig(_Strict):
         return self.artifact_location or str(Path("mlruns").resolve() / "artifacts")
 
 
+class MatrixConfig(_Strict):
+    """The comparison matrix (``jobs/train_matrix.py``): every model x sequence x strategy x seed.
+
+    Each axis maps a label (used in tables and MLflow tags) to a config section; an empty axis
+    means "the config's own" (its ``model``, ``data.sequence``, ``strategy``).
+    """
+
+    name: Optional[str] = Field(None, description="unique matrix run name; default <experiment>-matrix-<timestamp>")
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict, description="label -> model section")
+    strategies: dict[str, dict[str, Any]] = Field(default_factory=dict, description="label -> strategy section")
+    sequences: dict[str, list[Union[str, TaskSpec]]] = Field(default_factory=dict,
+                                                           description="label -> task sequence")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="a grid axis of seeds")
+    max_concurrent_trials: int = Field(2, ge=1, le=10000)
+
+
 class ExperimentConfig(_Strict):
     """The whole experiment."""
 
@@ -241,6 +257,7 @@ class ExperimentConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    matrix: MatrixConfig = Field(default_factory=MatrixConfig)
 
     @model_validator(mode="after")
     def _strategy_features_exist(self) -> "ExperimentConfig":

@@ -25,16 +25,23 @@ class MLflowTrialCallback(Callback):
         logger: the sweep's run logger.
         trial_config: maps a trial's sampled params to its full config dict.
         echo: where progress lines go (stdout by default).
+        trial_tags: maps a trial's sampled params to extra MLflow tags (optional).
     """
 
     def __init__(self, logger: SweepRunLogger, trial_config: Callable[[Mapping[str, Any]], dict],
-                 echo: Callable[[str], None] = None) -> None:
+                 echo: Callable[[str], None] = None,
+                 trial_tags: Optional[Callable[[Mapping[str, Any]], dict]] = None) -> None:
         self.logger = logger
         self.trial_config = trial_config
         self.echo = echo or echo_stdout
+        self.trial_tags = trial_tags
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.logger.start_trial(trial.trial_id, self.trial_config(trial.config), trial.config)
+        config = self.trial_config(trial.config)
+        # A trial runs the sequence of its own config (matrix cells may differ from the base).
+        tasks = [t["name"] if isinstance(t, Mapping) else str(t) for t in config["data"]["sequence"]]
+        tags = self.trial_tags(trial.config) if self.trial_tags else None
+        self.logger.start_trial(trial.trial_id, config, trial.config, tasks, tags)
         params = ", ".join(f"{k}={_short(v)}" for k, v in trial.config.items())
         self.echo(f"[sweep] trial {trial.trial_id} started: {params}")
 
@@ -47,7 +54,7 @@ class MLflowTrialCallback(Callback):
                 self.logger.log_stage(trial.trial_id, result, local)
         else:
             self.logger.log_stage(trial.trial_id, result, None)
-        n = len(self.logger.task_names)
+        n = len(self.logger.trials[trial.trial_id].task_names)
         self.echo(f"[sweep] trial {trial.trial_id} stage {result['stage']}/{n} ({result.get('task')}): "
                   f"avg_acc={result.get('avg_acc', float('nan')):.3f} "
                   f"forgetting={result.get('forgetting', float('nan')):.3f} "
@@ -57,7 +64,7 @@ class MLflowTrialCallback(Callback):
         self.logger.end_trial(trial.trial_id, "FINISHED")
         record = self.logger.trials.get(trial.trial_id)
         done = record.last_stage if record else 0
-        note = "" if done == len(self.logger.task_names) else f" (stopped early after stage {done})"
+        note = "" if record and done == len(record.task_names) else f" (stopped early after stage {done})"
         self.echo(f"[sweep] trial {trial.trial_id} finished{note}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

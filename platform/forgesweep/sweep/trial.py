@@ -19,7 +19,16 @@ from forgesweep.train.trainer import build_trainer
 
 def run_trial(sampled: Mapping[str, Any], base_config: Mapping[str, Any], sweep_name: str, use_gpu: bool) -> None:
     """Tune trainable: ``sampled`` holds the dotted keys Optuna chose for this trial."""
-    cfg = validate_config(apply_params(base_config, sampled))
+    _fit(validate_config(apply_params(base_config, sampled)), sweep_name, use_gpu)
+
+
+def run_cell_trial(sampled: Mapping[str, Any], cells: Mapping[str, Mapping[str, Any]], sweep_name: str,
+                   use_gpu: bool) -> None:
+    """Tune trainable of the comparison matrix: ``sampled["cell"]`` names one cell's full config."""
+    _fit(validate_config(cells[sampled["cell"]]), sweep_name, use_gpu)
+
+
+def _fit(cfg, sweep_name: str, use_gpu: bool) -> None:
     trial_id = tune.get_context().get_trial_id()
     trainer = build_trainer(cfg, name=f"{sweep_name}-{trial_id}", callbacks=[TuneReportCallback()], use_gpu=use_gpu)
     result = trainer.fit()

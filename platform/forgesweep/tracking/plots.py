@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import matplotlib
 import numpy as np
@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from forgesweep.metrics import AccuracyMatrix
 
-__all__ = ["accuracy_heatmap"]
+__all__ = ["accuracy_heatmap", "stage_curves"]
 
 _NAN_COLOUR = "#d9d9d9"
 
@@ -82,5 +82,54 @@ def accuracy_heatmap(matrix: AccuracyMatrix, task_names: Sequence[str], title: s
             ax.text(j, i, f"{v:.3f}", ha="center", va="center", color=colour,
                     fontsize=fontsize)
 
+    fig.savefig(out, format="png")
+    return out
+
+
+def stage_curves(panels: Mapping[str, Mapping[str, Sequence[Sequence[float]]]], title: str,
+                 path: str | os.PathLike[str]) -> Path:
+    """Per-stage curves, one panel per group and one line per series, mean ± std band over runs.
+
+    Args:
+        panels: ``{panel title: {series label: [run values per stage, ...]}}`` -- e.g. per
+            (model, sequence) panel, per strategy the average accuracy after each stage of every
+            seed's run. Runs of one series may differ in length (a run that stopped early); the
+            mean at a stage is over the runs that reached it.
+        title: figure title.
+        path: where to write the PNG; missing parent folders are created.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: no panel, or a panel without series.
+    """
+    if not panels or any(not series for series in panels.values()):
+        raise ValueError("stage_curves needs at least one panel, each with at least one series")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(6.0 * len(panels), 4.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (panel, series) in zip(axes, panels.items()):
+        for label, runs in series.items():
+            length = max(len(r) for r in runs)
+            padded = np.full((len(runs), length), np.nan)
+            for i, run in enumerate(runs):
+                padded[i, : len(run)] = run
+            stages = np.arange(1, length + 1)
+            mean = np.nanmean(padded, axis=0)
+            ax.plot(stages, mean, marker="o", label=label)
+            if len(runs) > 1:
+                std = np.nanstd(padded, axis=0)
+                ax.fill_between(stages, mean - std, mean + std, alpha=0.15)
+        ax.set_xlabel("after stage")
+        ax.set_ylabel("average accuracy over seen tasks")
+        ax.set_ylim(0.0, 1.02)
+        ax.set_xticks(stages)
+        ax.set_title(panel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
     fig.savefig(out, format="png")
     return out

@@ -73,6 +73,7 @@ class TrialRecord:
     trial_id: str
     run_id: str
     params: dict[str, Any]
+    task_names: list[str]
     acc: AccuracyMatrix
     auc: AccuracyMatrix
     stages: dict[int, dict[str, float]] = field(default_factory=dict)
@@ -94,12 +95,15 @@ class SweepRunLogger:
         experiment_id: where the runs go.
         sweep_name: the sweep's unique name (parent run name and tag).
         config: the sweep's base config (plain dict).
-        task_names: task names in sequence order (rows/columns of the accuracy matrix).
+        task_names: task names in sequence order (rows/columns of the accuracy matrix); a
+            trial may run its own sequence (see :meth:`start_trial`).
+        kind: ``sweep`` or ``matrix``, tagged on the parent run as ``forgesweep.kind``.
     """
 
     def __init__(self, client: MlflowClient, experiment_id: str, sweep_name: str, config: Mapping[str, Any],
-                 task_names: Sequence[str]) -> None:
+                 task_names: Sequence[str], kind: str = "sweep") -> None:
         self.client = client
+        self.kind = kind
         self.experiment_id = experiment_id
         self.sweep_name = sweep_name
         self.config = dict(config)
@@ -122,7 +126,7 @@ class SweepRunLogger:
     def start_parent(self, space: Mapping[str, Any]) -> str:
         """Create the sweep's parent run with the base config and the search space."""
         run = self.client.create_run(self.experiment_id, run_name=self.sweep_name, tags={
-            "forgesweep.kind": "sweep", "forgesweep.sweep": self.sweep_name})
+            "forgesweep.kind": self.kind, "forgesweep.sweep": self.sweep_name})
         self.parent_run_id = run.info.run_id
         self._log_params(self.parent_run_id, flatten(self.config))
         self._log_text(self.parent_run_id, yaml.safe_dump(self.config, sort_keys=False), "config.yaml")
@@ -142,16 +146,23 @@ class SweepRunLogger:
         self.client.set_terminated(self.parent_run_id, status=status)
 
     # -- trials -------------------------------------------------------------------------------
-    def start_trial(self, trial_id: str, trial_config: Mapping[str, Any], sampled: Mapping[str, Any]) -> str:
-        """Create the nested run of a trial; params are the full flattened trial config."""
+    def start_trial(self, trial_id: str, trial_config: Mapping[str, Any], sampled: Mapping[str, Any],
+                    task_names: Optional[Sequence[str]] = None, tags: Optional[Mapping[str, str]] = None) -> str:
+        """Create the nested run of a trial; params are the full flattened trial config.
+
+        Args:
+            task_names: the trial's own task sequence (default: the sweep's).
+            tags: extra run tags (e.g. a matrix cell's labels).
+        """
         tags = {"mlflow.parentRunId": self.parent_run_id or "", "forgesweep.kind": "trial",
-                "forgesweep.sweep": self.sweep_name, "forgesweep.trial_id": trial_id}
+                "forgesweep.sweep": self.sweep_name, "forgesweep.trial_id": trial_id, **(tags or {})}
         run = self.client.create_run(self.experiment_id, run_name=f"{self.sweep_name}/{trial_id}", tags=tags)
         run_id = run.info.run_id
         self._log_params(run_id, flatten(trial_config))
         self._log_text(run_id, yaml.safe_dump(dict(trial_config), sort_keys=False), "config.yaml")
-        n = len(self.task_names)
-        self.trials[trial_id] = TrialRecord(trial_id, run_id, dict(sampled), AccuracyMatrix(n), AccuracyMatrix(n))
+        names = list(task_names) if task_names is not None else list(self.task_names)
+        self.trials[trial_id] = TrialRecord(trial_id, run_id, dict(sampled), names,
+                                            AccuracyMatrix(len(names)), AccuracyMatrix(len(names)))
         return run_id
 
     def log_stage(self, trial_id: str, result: Mapping[str, Any], checkpoint_dir: Optional[Path]) -> None:
@@ -162,16 +173,16 @@ class SweepRunLogger:
         record.stages[stage] = metrics
         self.client.log_batch(record.run_id, metrics=[
             Metric(key, value, int(_now_ms()), stage) for key, value in metrics.items()])
-        for j, name in enumerate(self.task_names[:stage]):
+        for j, name in enumerate(record.task_names[:stage]):
             for matrix, prefix in ((record.acc, "acc"), (record.auc, "auc")):
                 value = metrics.get(f"{prefix}/{name}")
                 if value is not None:
                     matrix.set(stage - 1, j, value)
         with tempfile.TemporaryDirectory() as tmp:
             matrix_json = Path(tmp) / "accuracy_matrix.json"
-            matrix_json.write_text(json.dumps({"tasks": self.task_names, "acc": record.acc.to_dict(),
+            matrix_json.write_text(json.dumps({"tasks": record.task_names, "acc": record.acc.to_dict(),
                                                "auc": record.auc.to_dict()}, indent=1))
-            accuracy_heatmap(record.acc, self.task_names, f"{self.sweep_name} / {trial_id}: accuracy",
+            accuracy_heatmap(record.acc, record.task_names, f"{self.sweep_name} / {trial_id}: accuracy",
                              Path(tmp) / "accuracy_matrix.png")
             self.client.log_artifacts(record.run_id, tmp)
         if checkpoint_dir is not None:
@@ -183,7 +194,7 @@ class SweepRunLogger:
         if record is None:
             return
         record.status = status
-        complete = record.last_stage == len(self.task_names)
+        complete = record.last_stage == len(record.task_names)
         self.client.set_tag(record.run_id, "forgesweep.stages_completed", str(record.last_stage))
         self.client.set_tag(record.run_id, "forgesweep.early_stopped", str(status == "FINISHED" and not complete))
         self.client.set_terminated(record.run_id, status=status)
