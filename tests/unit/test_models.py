@@ -185,3 +185,69 @@ def test_block_dct_rejects_bad_sizes():
     with pytest.raises(ValueError, match="not a multiple"):
         BlockDCT(4)(torch.zeros(1, 3, 8, 10))
     assert not list(BlockDCT(4).parameters())  # fixed, not learned
+
+
+# --------------------------------------------------------------------------- every architecture: training
+
+
+def _batch_for(model, inputs, labels):
+    batch = {"images": inputs, "labels": labels}
+    if model.uses_masks:
+        size = inputs.shape[-1]
+        masks = torch.zeros(len(labels), 1, size, size)
+        masks[labels == 1, :, size // 4: size // 2, size // 4: size // 2] = 1.0
+        batch["masks"], batch["mask_valid"] = masks, torch.ones(len(labels), dtype=torch.bool)
+    return batch
+
+
+@pytest.mark.parametrize("name, preset", CASES, ids=IDS)
+def test_optimiser_step_moves_trainable_and_never_frozen_parameters(name, preset):
+    model = _build(name, preset)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    frozen_ids = {id(p) for m in model.frozen_modules() for p in m.parameters()}
+    assert all(not p.requires_grad for n, p in model.named_parameters() if id(p) in frozen_ids), \
+        "frozen_modules() must hold only parameters with requires_grad=False"
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for m in model.frozen_modules():
+        assert not m.training, "train() must keep frozen modules in eval mode"
+    labels = torch.tensor([0, 1, 0, 1])
+    inputs = model.example_input(4, torch.Generator().manual_seed(1))
+    out = model(inputs)
+    sum(model.task_loss(out, _batch_for(model, inputs, labels)).values()).backward()
+    optimizer.step()
+    model.after_optimizer_step()
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), f"frozen parameter {n} changed"
+    moved = [n for n, p in model.named_parameters() if n in trainable and not torch.equal(p, trainable[n])]
+    assert moved, "no trainable parameter moved"
+
+
+@pytest.mark.parametrize("name, preset", CASES, ids=IDS)
+def test_checkpoint_round_trip_gives_identical_outputs(name, preset, tmp_path):
+    from forgesweep.train.checkpoint import load_model_from_checkpoint, save_stage_checkpoint
+
+    model = _build(name, preset)
+    # A few training steps, so running statistics, queues and momentum encoders hold state.
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for step in range(2):
+        inputs = model.example_input(4, torch.Generator().manual_seed(step))
+        labels = torch.tensor([0, 1, 1, 0])
+        out = model(inputs)
+        sum(model.task_loss(out, _batch_for(model, inputs, labels)).values()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        model.after_optimizer_step()
+    params = {"name": name, **({"preset": preset} if preset else {})}
+    save_stage_checkpoint(tmp_path, model, {"stage": 1, "config": {"model": params}})
+    loaded, state = load_model_from_checkpoint(tmp_path)
+    assert state["stage"] == 1
+    model.eval()
+    inputs = model.example_input(3, torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        a, b = model(inputs), loaded(inputs)
+    assert torch.equal(a.logits, b.logits)
+    assert torch.equal(a.embedding, b.embedding)
