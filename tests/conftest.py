@@ -551,3 +551,61 @@ def train_one_stage(learn_benchmark, tmp_path):
         return run_continual(validate_config(data), LocalContext(tmp_path / "run"), manifest)
 
     return run
+
+
+# --------------------------------------------------------------------------- S3-compatible server
+
+
+@dataclasses.dataclass
+class S3Server:
+    """A moto S3 server on loopback, with the AWS environment that points boto3 at it."""
+
+    endpoint: str
+    env: Dict[str, str]
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name=self.env["AWS_DEFAULT_REGION"],
+                            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"])
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator[S3Server]:
+    """Start ``moto.server`` on 127.0.0.1 for the test session; stopped at the end."""
+    port = _free_ports(1)[0]
+    endpoint = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while _http_get(endpoint + "/moto-api/", timeout=1.0)[0] == 0:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto server did not start on {endpoint}:\n{_tail(log)}")
+            time.sleep(0.2)
+        env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "forgesweep-test",
+               "AWS_SECRET_ACCESS_KEY": "forgesweep-test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+        yield S3Server(endpoint, env)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture()
+def s3_env(s3_server, monkeypatch, tmp_path):
+    """This test's AWS environment points at :func:`s3_server`; a fresh object cache in tmp."""
+    from forgesweep.data import object_store
+
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("FORGESWEEP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(object_store, "_shared", None)
+    return s3_server

@@ -80,8 +80,10 @@ class DataConfig(_Strict):
             raise ValueError(f"task names must be unique in data.sequence, repeated: {sorted(dup)}")
         return self
 
-    def manifest_path(self) -> Path:
-        """Absolute manifest path."""
+    def manifest_path(self) -> Union[Path, str]:
+        """Absolute manifest path, or its ``s3://`` URI (unchanged)."""
+        if self.manifest and self.manifest.startswith("s3://"):
+            return self.manifest
         return Path(self.manifest).resolve() if self.manifest else Path(self.root).resolve() / "manifest.jsonl"
 
 

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from forgesweep.data.manifest import Manifest, ManifestRow
+from forgesweep.data.object_store import is_s3, local_path, shared_cache
 from forgesweep.data.preprocess import load_image, load_mask, to_model_input
 
 
@@ -28,7 +29,7 @@ class FrameCache:
         """The row's frame, decoded on first use (DataError if unreadable)."""
         frame = self._frames.get(row.key)
         if frame is None:
-            array = load_image(self.manifest.resolve(row), self.image_size)
+            array = load_image(local_path(self.manifest.resolve(row)), self.image_size)
             frame = torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
             self._frames[row.key] = frame
         return frame
@@ -45,12 +46,14 @@ class FrameCache:
         source = self.manifest.resolve_mask(row)
         if source is None:
             return torch.zeros(1, self.image_size, self.image_size, dtype=torch.uint8), row.label == 0
-        mask = torch.from_numpy(load_mask(source, self.image_size)).unsqueeze(0)
+        mask = torch.from_numpy(load_mask(local_path(source), self.image_size)).unsqueeze(0)
         self._masks[row.key] = mask
         return mask, True
 
     def stack(self, rows: Sequence[ManifestRow]) -> torch.Tensor:
-        """``[N, 3, H, W]`` uint8 frames of ``rows``."""
+        """``[N, 3, H, W]`` uint8 frames of ``rows`` (s3 objects downloaded in parallel first)."""
+        remote = [self.manifest.resolve(r) for r in rows if r.key not in self._frames]
+        shared_cache().fetch_many(u for u in remote if is_s3(u))
         return torch.stack([self.get(r) for r in rows]) if rows else torch.empty(0, 3, self.image_size, self.image_size, dtype=torch.uint8)
 
 

@@ -23,6 +23,7 @@ from typing import Iterable, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from forgesweep.data.object_store import is_s3, shared_cache
 from forgesweep.errors import DataError, describe_validation_error
 
 Split = Literal["train", "val", "test"]
@@ -61,9 +62,10 @@ class ManifestRow(BaseModel):
 class Manifest:
     """Validated rows plus the folder their relative paths are resolved against."""
 
-    def __init__(self, rows: list[ManifestRow], root: Path, source: str = "<memory>") -> None:
+    def __init__(self, rows: list[ManifestRow], root: Path | str, source: str = "<memory>") -> None:
         self.rows = rows
-        self.root = Path(root)
+        # An s3:// manifest resolves its relative paths against its own s3 prefix.
+        self.root: Path | str = root.rstrip("/") if is_s3(root) else Path(root)
         self.source = source
         self._by_key = {r.key: r for r in rows}
         if len(self._by_key) != len(rows):
@@ -103,10 +105,12 @@ class Manifest:
         return list(dict.fromkeys(r.method for r in self.rows))
 
 
-def _resolve(root: Path, path: str) -> str:
-    if path.startswith("s3://") or Path(path).is_absolute():
+def _resolve(root: Path | str, path: str) -> str:
+    if is_s3(path) or Path(path).is_absolute():
         return path
-    return str(root / path)
+    if is_s3(root):
+        return f"{root}/{path}"
+    return str(Path(root) / path)
 
 
 def _check_videos_stay_in_one_split(rows: list[ManifestRow], source: str) -> None:
@@ -132,10 +136,14 @@ def read_manifest(path: str | Path, check_files: bool = True) -> Manifest:
     Raises:
         DataError: naming the file, the line number and the bad field, or the missing file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"manifest not found: {path}")
-    root = path.resolve().parent
+    if is_s3(path):  # fetched into the local object cache; rows resolve against its s3 prefix
+        source, root = str(path), str(path).rsplit("/", 1)[0]
+        path = shared_cache().fetch(str(path))
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"manifest not found: {path}")
+        source, root = str(path), path.resolve().parent
     rows: list[ManifestRow] = []
     with path.open("r", encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
@@ -144,23 +152,24 @@ def read_manifest(path: str | Path, check_files: bool = True) -> Manifest:
             try:
                 raw = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                raise DataError(f"{source}:{lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(raw, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(raw).__name__}")
+                raise DataError(f"{source}:{lineno}: expected a JSON object, got {type(raw).__name__}")
             try:
                 row = ManifestRow.model_validate(raw)
             except ValidationError as exc:
-                raise DataError(f"{path}:{lineno}: field {describe_validation_error(exc)}") from None
+                raise DataError(f"{source}:{lineno}: field {describe_validation_error(exc)}") from None
             if check_files:
                 for field in ("path", "mask"):
                     value = getattr(row, field)
-                    if value is not None and not value.startswith("s3://"):
+                    # s3 objects are checked in bulk by prepare_data (one HEAD each, in parallel).
+                    if value is not None and not is_s3(_resolve(root, value)):
                         if not Path(_resolve(root, value)).is_file():
-                            raise DataError(f"{path}:{lineno}: field {field!r}: file not found: {value}")
+                            raise DataError(f"{source}:{lineno}: field {field!r}: file not found: {value}")
             rows.append(row)
     if not rows:
-        raise DataError(f"manifest {path} has no rows")
-    return Manifest(rows, root, source=str(path))
+        raise DataError(f"manifest {source} has no rows")
+    return Manifest(rows, root, source=source)
 
 
 def write_manifest(rows: Iterable[ManifestRow], path: str | Path) -> Path:

@@ -13,6 +13,7 @@ from typing import Callable
 
 from forgesweep.config import ExperimentConfig
 from forgesweep.data.manifest import Manifest, read_manifest
+from forgesweep.data.object_store import is_s3, shared_cache
 from forgesweep.data.preprocess import verify_image
 from forgesweep.data.tasks import Task, build_task_sequence
 from forgesweep.errors import DataError
@@ -28,7 +29,7 @@ def prepare_data(cfg: ExperimentConfig, echo: Callable[[str], None] = print) -> 
         DataError: missing manifest, bad rows, missing frames, tasks without both classes.
     """
     path = cfg.data.manifest_path()
-    if not path.exists():
+    if not is_s3(path) and not path.exists():
         if cfg.data.manifest is not None or not cfg.data.generate_if_missing:
             raise DataError(f"manifest not found: {path}")
         from forgesweep.data.synthetic.generate import generate_synthetic
@@ -39,9 +40,16 @@ def prepare_data(cfg: ExperimentConfig, echo: Callable[[str], None] = print) -> 
     tasks = build_task_sequence(manifest, cfg.data.sequence)
     if cfg.data.verify_frames:
         used = {r.key: r for t in tasks for split in (t.train, t.val, t.test) for r in split}
+        remote = []
         for row in used.values():
-            if not row.path.startswith("s3://"):
-                verify_image(manifest.resolve(row))
+            source = manifest.resolve(row)
+            if is_s3(source):
+                remote.append(source)
+            else:
+                verify_image(source)
+        # Remote frames: existence and access checked up front (HEAD, in parallel); their
+        # content is decoded when a worker first reads them.
+        shared_cache().head_many(remote)
     sizes = ", ".join(f"{t.name} {len(t.train)}/{len(t.test)}" for t in tasks)
     echo(f"[data] {path}: {len(manifest)} frames; tasks (train/test): {sizes}")
     return manifest, tasks
