@@ -27,6 +27,7 @@ from typing import Any, Literal, Mapping, Optional, Sequence, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from forgesweep.data.clips import ClipSampling
 from forgesweep.data.synthetic.generate import SyntheticSpec
 from forgesweep.errors import ConfigError, UserError, describe_validation_error
 
@@ -64,6 +65,7 @@ class DataConfig(_Strict):
     batch_size: int = Field(32, ge=1, le=4096)
     eval_batch_size: int = Field(256, ge=1, le=65536)
     horizontal_flip: bool = Field(True, description="random horizontal flip while training")
+    clips: ClipSampling = Field(default_factory=ClipSampling, description="how clip models cut their clips")
 
     @field_validator("sequence", mode="before")
     @classmethod

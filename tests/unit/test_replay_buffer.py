@@ -140,9 +140,9 @@ def test_negative_capacity_is_rejected():
 def test_unknown_policy_lists_the_known_ones():
     assert "random" in POLICIES.names()
     with pytest.raises(UserError) as info:
-        ReplayBuffer(10, policy="herding")
+        ReplayBuffer(10, policy="fifo")
     message = str(info.value)
-    assert "'herding'" in message
+    assert "'fifo'" in message
     for name in POLICIES.names():
         assert name in message
 

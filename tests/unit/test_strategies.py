@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from forgesweep.continual import STRATEGIES, build_strategy, resolve_strategy_params
+from forgesweep.continual import STRATEGIES, TensorSamples, build_strategy, resolve_strategy_params
 from forgesweep.continual.distillation import binary_log_probs, feature_kd, soft_label_kd
 from forgesweep.continual.replay_buffer import Candidate
 from forgesweep.errors import ConfigError, UserError
@@ -31,6 +31,21 @@ def batch():
             "keys": ["a", "b", "c", "d"]}
 
 
+@pytest.fixture
+def samples():
+    """Ten in-memory samples ``k0``..``k9`` plus the batch's ``a``..``d``, for strategies that
+    score or batch samples around a task."""
+    g = torch.Generator().manual_seed(2)
+    keys = [f"k{i}" for i in range(10)] + ["a", "b", "c", "d"]
+    labels = [i % 2 for i in range(10)] + [0, 1, 0, 1]
+    images = torch.randn(len(keys), 3, 32, 32, generator=g)
+    images[10:] = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))  # the batch's images
+    return TensorSamples(dict(zip(keys, images)), dict(zip(keys, labels)), batch_size=4)
+
+
+CANDIDATES = [Candidate("a", 0), Candidate("b", 1), Candidate("c", 0), Candidate("d", 1)]
+
+
 def _perturb(model, scale=0.3, seed=5):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -43,13 +58,13 @@ def _perturb(model, scale=0.3, seed=5):
 
 @pytest.mark.parametrize("name", STRATEGIES.names())
 @pytest.mark.parametrize("task", [0, 1])
-def test_compute_loss_returns_a_finite_differentiable_total(name, task, model, batch):
+def test_compute_loss_returns_a_finite_differentiable_total(name, task, model, batch, samples):
     strategy = build_strategy(name, seed=0)
     model.train()
-    strategy.before_task(0, model)
+    strategy.before_task(0, model, CANDIDATES, samples)
     if task:
-        strategy.after_task(0, model, [Candidate("a", 0), Candidate("b", 1)])
-        strategy.before_task(task, model)
+        strategy.after_task(0, model, CANDIDATES[:2], samples)
+        strategy.before_task(task, model, CANDIDATES, samples)
     out, terms = strategy.compute_loss(model, batch)
     assert out.logits.shape == (4,)
     loss = terms["loss"]
@@ -61,21 +76,54 @@ def test_compute_loss_returns_a_finite_differentiable_total(name, task, model, b
 
 
 @pytest.mark.parametrize("name", STRATEGIES.names())
-def test_state_dict_is_json_safe_and_restores(name, model):
+def test_state_dict_is_json_safe_and_restores(name, model, samples):
     a = build_strategy(name, seed=3)
     a.before_task(0, model)
-    a.after_task(0, model, [Candidate(f"k{i}", i % 2) for i in range(10)])
+    a.after_task(0, model, [Candidate(f"k{i}", i % 2) for i in range(10)], samples)
     state = json.loads(json.dumps(a.state_dict()))
     b = build_strategy(name, seed=3)
     b.load_state_dict(state)
+    b.load_tensor_state({k: v.clone() for k, v in a.tensor_state().items()})
     assert b.replay_keys() == a.replay_keys()
     assert b.state_dict() == a.state_dict()
+    for key, value in a.tensor_state().items():
+        assert torch.equal(b.tensor_state()[key], value)
+    # The restored strategy goes on exactly like the original: same loss on the next task.
+    torch.manual_seed(0)
+    for s in (a, b):
+        s.before_task(1, model, CANDIDATES, samples)
+    model.eval()
+    ta, tb = a.compute_loss(model, _batch_of(samples)), b.compute_loss(model, _batch_of(samples))
+    assert {k: float(v.detach()) for k, v in ta[1].items()} == pytest.approx(
+        {k: float(v.detach()) for k, v in tb[1].items()})
+
+
+@pytest.mark.parametrize("name", STRATEGIES.names())
+def test_reads_samples_says_whether_the_hooks_need_sample_access(name, model, samples):
+    strategy = build_strategy(name, seed=0)
+
+    def hooks(access):
+        strategy.before_task(0, model, CANDIDATES, access)
+        strategy.after_task(0, model, CANDIDATES, access)
+        strategy.before_task(1, model, CANDIDATES, access)
+
+    if strategy.reads_samples():
+        with pytest.raises(TypeError, match="sample access"):
+            hooks(None)
+    else:
+        hooks(None)
+    hooks(samples)
+
+
+def _batch_of(samples, keys=("a", "b", "c", "d", "k0", "k1")):
+    return next(samples.batches(list(keys), batch_size=len(keys)))
 
 
 def test_registry_names_and_unknown_strategy():
-    assert {"cffd", "finetune"} <= set(STRATEGIES.names())
+    expected = {"cffd", "cored", "der", "derpp", "er", "ewc", "finetune", "icarl", "joint", "lwf"}
+    assert expected <= set(STRATEGIES.names())
     with pytest.raises(UserError, match="cffd"):
-        build_strategy("ewc")
+        build_strategy("synaptic_intelligence")
 
 
 def test_finetune_has_no_memory_and_no_distillation(model, batch):
@@ -193,6 +241,33 @@ def test_cffd_replay_follows_after_task(model):
     keys = strategy.replay_keys()
     assert len(keys) == 4
     assert sum(k.startswith("r") for k in keys) == 2
+
+
+def test_cffd_can_distil_on_the_replayed_rows_only(model, batch):
+    replay_only = build_strategy("cffd", {"replay_size": 2, "distill_on": "replay"})
+    everywhere = build_strategy("cffd", {"replay_size": 2})
+    for strategy in (replay_only, everywhere):
+        strategy.after_task(0, model, CANDIDATES)
+        strategy.before_task(1, model)
+    replayed = replay_only.replay_keys()
+    assert len(replayed) == 2 and replayed == everywhere.replay_keys()
+    _perturb(model)
+    model.eval()
+    _, terms = replay_only.compute_loss(model, batch)
+    rows = [batch["keys"].index(k) for k in replayed]
+    sub = {"images": batch["images"][rows], "labels": batch["labels"][rows], "keys": replayed}
+    _, want = everywhere.compute_loss(model, sub)  # distillation over exactly those rows
+    assert terms["slkd"].item() == pytest.approx(want["slkd"].item(), rel=1e-5)
+    assert terms["mfkd"].item() == pytest.approx(want["mfkd"].item(), rel=1e-5)
+    _, full = everywhere.compute_loss(model, batch)
+    assert full["slkd"].item() != pytest.approx(terms["slkd"].item(), rel=1e-3)
+    # A batch of new samples only is not distilled.
+    new = [i for i, k in enumerate(batch["keys"]) if k not in replayed]
+    _, terms = replay_only.compute_loss(model, {"images": batch["images"][new], "labels": batch["labels"][new],
+                                                "keys": [batch["keys"][i] for i in new]})
+    assert terms["slkd"].item() == 0.0 and terms["mfkd"].item() == 0.0
+    with pytest.raises(ConfigError, match="replay_size"):
+        resolve_strategy_params("cffd", {"distill_on": "replay", "replay_size": 0})
 
 
 def test_feature_layers_accept_plus_joined_strings():

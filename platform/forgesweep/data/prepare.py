@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Callable
 
 from forgesweep.config import ExperimentConfig
+from forgesweep.data.clips import is_video_row, video_frame_count
 from forgesweep.data.manifest import Manifest, read_manifest
 from forgesweep.data.object_store import is_s3, shared_cache
 from forgesweep.data.preprocess import verify_image
@@ -45,6 +46,8 @@ def prepare_data(cfg: ExperimentConfig, echo: Callable[[str], None] = print) -> 
             source = manifest.resolve(row)
             if is_s3(source):
                 remote.append(source)
+            elif is_video_row(row):
+                video_frame_count(source)  # opens the container: DataError if decord cannot read it
             else:
                 verify_image(source)
         # Remote frames: existence and access checked up front (HEAD, in parallel); their

@@ -14,7 +14,7 @@ from forgesweep.models.registry import (
 )
 
 # Architecture modules register themselves on import.
-from forgesweep.models import rsia_lite  # noqa: E402,F401
+from forgesweep.models import dcr, locate_verify, rine_ssca, rsia_lite, rsia_net, styleflow  # noqa: E402,F401
 
 __all__ = [
     "MODELS",

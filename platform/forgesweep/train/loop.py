@@ -5,29 +5,39 @@ strategy's replay samples, let the strategy update its memory, evaluate on the t
 every task seen so far (ACC and AUC into the accuracy matrices), then report the stage's metrics
 with a stage checkpoint. Ray is reached only through the :class:`LoopContext` the caller
 passes, so this module is testable without Ray.
+
+Clip models (``input_kind == "clip"``, e.g. StyleFlow) train on clips of the whole videos their
+rows belong to (:class:`~forgesweep.data.clips.ClipReader`, cut as ``data.clips`` says; replayed
+frame keys bring back their videos) and are evaluated per video: a video's probability is the
+sigmoid of its clips' mean logit, and the accuracy matrices hold video-level ACC/AUC.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Protocol
+from typing import Any, Iterable, Iterator, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from forgesweep.config import ExperimentConfig
-from forgesweep.continual import build_strategy
+from forgesweep.continual import Strategy, build_strategy
 from forgesweep.continual.replay_buffer import Candidate
+from forgesweep.continual.samples import SampleAccess
+from forgesweep.data.clips import ClipReader, ClipSampling
 from forgesweep.data.datasets import FrameCache, FrameDataset
 from forgesweep.data.manifest import Manifest, ManifestRow, read_manifest
 from forgesweep.data.tasks import Task, build_task_sequence
+from forgesweep.errors import ConfigError
 from forgesweep.metrics import AccuracyMatrix, binary_metrics
 from forgesweep.models import build_model, unwrap_model
 from forgesweep.train.checkpoint import load_weights, read_state, save_stage_checkpoint
@@ -91,10 +101,44 @@ def _make_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Opti
     return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
 
 
+# Tensor state of the strategy (e.g. EWC's Fisher information), beside the stage checkpoint.
+STRATEGY_TENSORS_FILE = "strategy.safetensors"
+
+
+class LoopSamples(SampleAccess):
+    """The loop's :class:`SampleAccess`: manifest rows by sample id through the frame cache,
+    un-augmented, in the format the model trains on (with masks when the model uses them)."""
+
+    def __init__(self, manifest: Manifest, cache: FrameCache, model: nn.Module, batch_size: int,
+                 device: torch.device) -> None:
+        self.manifest, self.cache = manifest, cache
+        self.detector = unwrap_model(model)
+        self.batch_size, self.device = batch_size, device
+
+    def batches(self, keys: Sequence[str], batch_size: Optional[int] = None, shuffle: bool = False,
+                seed: int = 0) -> Iterator[dict[str, Any]]:
+        if self.detector.input_kind != "image":
+            raise ConfigError(f"this strategy reads samples by id (scores, Fisher, logits), which is supported "
+                              f"for image models only; {type(self.detector).__name__} takes clips")
+        rows = [self.manifest.by_key(k) for k in keys]
+        if shuffle:
+            random.Random(seed).shuffle(rows)
+        size = batch_size or self.batch_size
+        for start in range(0, len(rows), size):
+            # One small dataset per batch: a dataset stacks its frames, and a task may be large.
+            chunk = FrameDataset(rows[start:start + size], self.cache, with_masks=self.detector.uses_masks)
+            batch = default_collate([chunk[i] for i in range(len(chunk))])
+            yield {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
 @torch.no_grad()
 def predict_probs(model: nn.Module, rows: Iterable[ManifestRow], cache: FrameCache, batch_size: int,
-                  device: torch.device) -> dict[str, float]:
-    """Fake probability of every row, keyed by sample id (model put in eval mode)."""
+                  device: torch.device, strategy: Optional[Strategy] = None) -> dict[str, float]:
+    """Fake probability of every row, keyed by sample id (model put in eval mode).
+
+    With a ``strategy``, its :meth:`~forgesweep.continual.Strategy.predict_logits` turns the
+    model's output into logits (e.g. iCaRL's nearest-mean classifier); else the model's logits.
+    """
     model = unwrap_model(model)
     model.eval()
     rows = list({r.key: r for r in rows}.values())
@@ -103,23 +147,65 @@ def predict_probs(model: nn.Module, rows: Iterable[ManifestRow], cache: FrameCac
         chunk = rows[start:start + batch_size]
         dataset = FrameDataset(chunk, cache)
         images = torch.stack([dataset[i]["images"] for i in range(len(chunk))]).to(device)
-        out = model(images).probs().float().cpu().tolist()
+        output = model(images)
+        logits = strategy.predict_logits(output) if strategy is not None else output.logits
+        out = torch.sigmoid(logits).float().cpu().tolist()
         probs.update({r.key: p for r, p in zip(chunk, out)})
     return probs
 
 
+def clip_sampling(cfg: ExperimentConfig) -> ClipSampling:
+    """How clip models cut their clips: the config's ``data.clips`` section."""
+    return cfg.data.clips
+
+
+@torch.no_grad()
+def predict_video_probs(model: nn.Module, rows: Iterable[ManifestRow], clips: ClipReader, batch_size: int,
+                        device: torch.device, strategy: Optional[Strategy] = None) -> dict[str, float]:
+    """Video-level fake probability of every video of ``rows``, keyed by video id (clip models).
+
+    A video's probability is the sigmoid of the mean logit over its ``eval_clips_per_video``
+    evenly spaced clips. ``batch_size`` counts frames: a batch holds
+    ``batch_size // clip_length`` clips (at least one).
+    """
+    model = unwrap_model(model)
+    model.eval()
+    dataset = clips.dataset(rows, train=False)
+    per_batch = max(1, batch_size // clips.clip_length)
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for start in range(0, len(dataset), per_batch):
+        items = [dataset[i] for i in range(start, min(start + per_batch, len(dataset)))]
+        output = model(torch.stack([item["images"] for item in items]).to(device))
+        logits = strategy.predict_logits(output) if strategy is not None else output.logits
+        for item, logit in zip(items, logits.float().cpu().tolist()):
+            sums[item["video_id"]] = sums.get(item["video_id"], 0.0) + logit
+            counts[item["video_id"]] = counts.get(item["video_id"], 0) + 1
+    mean = torch.tensor([sums[v] / counts[v] for v in sums], dtype=torch.float64)
+    return dict(zip(sums, torch.sigmoid(mean).tolist()))
+
+
 def evaluate_stage(model: nn.Module, tasks: list[Task], stage: int, cache: FrameCache, batch_size: int,
-                   device: torch.device, acc: AccuracyMatrix, auc: AccuracyMatrix) -> dict[str, float]:
+                   device: torch.device, acc: AccuracyMatrix, auc: AccuracyMatrix,
+                   strategy: Optional[Strategy] = None, clips: Optional[ClipReader] = None) -> dict[str, float]:
     """Evaluate tasks ``0..stage`` on their test splits; fill row ``stage`` of both matrices.
 
-    Reals shared by several tasks are scored once.
+    Reals shared by several tasks are scored once. Clip models (``clips`` given) are evaluated
+    per video: the matrices hold video-level ACC/AUC (see :func:`predict_video_probs`).
     """
     seen = tasks[: stage + 1]
-    probs = predict_probs(model, (r for t in seen for r in t.test), cache, batch_size, device)
+    rows = (r for t in seen for r in t.test)
+    if clips is not None:
+        probs = predict_video_probs(model, rows, clips, batch_size, device, strategy)
+        sample_id = _video_id
+    else:
+        probs = predict_probs(model, rows, cache, batch_size, device, strategy)
+        sample_id = _row_key
     out: dict[str, float] = {}
     for task in seen:
-        p = [probs[r.key] for r in task.test]
-        y = [r.label for r in task.test]
+        labels = {sample_id(r): r.label for r in task.test}  # one entry per frame, or per video
+        p = [probs[k] for k in labels]
+        y = list(labels.values())
         m = binary_metrics(p, y)
         acc.set(stage, task.index, m["acc"])
         auc.set(stage, task.index, m["auc"])
@@ -128,12 +214,25 @@ def evaluate_stage(model: nn.Module, tasks: list[Task], stage: int, cache: Frame
     return out
 
 
+def _row_key(row: ManifestRow) -> str:
+    return row.key
+
+
+def _video_id(row: ManifestRow) -> str:
+    return row.video_id
+
+
 def _train_one_task(cfg: ExperimentConfig, ctx: LoopContext, model: nn.Module, strategy, rows: list[ManifestRow],
-                    cache: FrameCache, stage: int) -> dict[str, float]:
+                    cache: FrameCache, stage: int, clips: Optional[ClipReader] = None) -> dict[str, float]:
     seed = cfg.seed * 1009 + stage
     detector = unwrap_model(model)
-    dataset = FrameDataset(rows, cache, horizontal_flip=cfg.data.horizontal_flip, seed=seed + ctx.world_rank,
-                           with_masks=detector.uses_masks)
+    if clips is not None:
+        # Clips of the whole videos the rows belong to (replayed frame keys bring their videos).
+        dataset = clips.dataset(rows, train=True, horizontal_flip=cfg.data.horizontal_flip,
+                                seed=seed + ctx.world_rank)
+    else:
+        dataset = FrameDataset(rows, cache, horizontal_flip=cfg.data.horizontal_flip, seed=seed + ctx.world_rank,
+                               with_masks=detector.uses_masks)
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     loader = ctx.prepare_loader(loader)
@@ -185,7 +284,13 @@ def run_continual(cfg: ExperimentConfig, ctx: LoopContext, manifest: Optional[Ma
     cache = FrameCache(manifest, cfg.data.image_size)
 
     model = build_model(cfg.model.name, cfg.model.params)
+    clips = ClipReader(cache, model.clip_length(), clip_sampling(cfg)) if model.input_kind == "clip" else None
+    if clips is not None and model.uses_masks:
+        raise ConfigError(f"model {cfg.model.name!r} takes clips and asks for masks; clip datasets carry no masks")
     strategy = build_strategy(cfg.strategy.name, cfg.strategy.params, seed=cfg.seed)
+    if clips is not None and strategy.reads_samples():
+        raise ConfigError(f"strategy {cfg.strategy.name!r} (with these parameters) scores samples by id, which is "
+                          f"supported for image models only; model {cfg.model.name!r} takes clips")
     acc, auc = AccuracyMatrix(len(tasks)), AccuracyMatrix(len(tasks))
     start = 0
     resume_from = ctx.latest_checkpoint()
@@ -193,21 +298,26 @@ def run_continual(cfg: ExperimentConfig, ctx: LoopContext, manifest: Optional[Ma
         state = read_state(resume_from)
         model.load_state_dict(load_weights(resume_from))
         strategy.load_state_dict(state["strategy"])
+        tensors_file = Path(resume_from) / STRATEGY_TENSORS_FILE
+        strategy.load_tensor_state(load_file(str(tensors_file)) if tensors_file.is_file() else {})
         acc, auc = AccuracyMatrix.from_dict(state["acc_matrix"]), AccuracyMatrix.from_dict(state["auc_matrix"])
         start = int(state["stage"])
     model.to(ctx.device)
     model = ctx.prepare_model(model)
+    samples = LoopSamples(manifest, cache, model, cfg.data.eval_batch_size, ctx.device)
 
     for t in range(start, len(tasks)):
         began = time.perf_counter()
         # Seeded per stage, so a run resumed from stage t's checkpoint repeats an uninterrupted one.
         seed_everything(cfg.seed * 1009 + t)
         task = tasks[t]
-        strategy.before_task(t, model)
+        candidates = [Candidate(r.key, r.label) for r in task.train]
+        strategy.before_task(t, model, candidates, samples)
         replay = [manifest.by_key(k) for k in strategy.replay_keys()]
-        losses = _train_one_task(cfg, ctx, model, strategy, list(task.train) + replay, cache, t)
-        strategy.after_task(t, model, [Candidate(r.key, r.label) for r in task.train])
-        per_task = evaluate_stage(model, tasks, t, cache, cfg.data.eval_batch_size, ctx.device, acc, auc)
+        losses = _train_one_task(cfg, ctx, model, strategy, list(task.train) + replay, cache, t, clips)
+        strategy.after_task(t, model, candidates, samples)
+        per_task = evaluate_stage(model, tasks, t, cache, cfg.data.eval_batch_size, ctx.device, acc, auc, strategy,
+                                  clips)
         summary = acc.summary(t)
         metrics: dict[str, Any] = {
             "stage": t + 1,
@@ -225,6 +335,9 @@ def run_continual(cfg: ExperimentConfig, ctx: LoopContext, manifest: Optional[Ma
         checkpoint_dir = None
         if ctx.world_rank == 0:
             checkpoint_dir = Path(tempfile.mkdtemp(prefix=f"forgesweep-stage{t + 1}-"))
+            tensors = strategy.tensor_state()
+            if tensors:  # written first: the checkpoint counts as complete only once state.json exists
+                save_file(tensors, str(checkpoint_dir / STRATEGY_TENSORS_FILE))
             save_stage_checkpoint(checkpoint_dir, model, {
                 "stage": t + 1,
                 "task_names": names,
