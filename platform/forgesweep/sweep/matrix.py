@@ -125,8 +125,9 @@ def run_matrix(cfg: ExperimentConfig, echo: Callable[[str], None] = echo_stdout)
     manifest, _ = prepare_data(cfg, echo)
     for cell in cells.values():  # every sequence must exist in the manifest
         build_task_sequence(manifest, validate_config(cell.config).data.sequence)
+    counts = [len({c.labels[i] for c in cells.values()}) for i in range(len(AXES))]
     echo(f"[matrix] {len(cells)} cells: " + ", ".join(
-        f"{len({c.labels[i] for c in cells.values()})} {axis}s" for i, axis in enumerate(AXES)))
+        f"{n} {plural}" for n, plural in zip(counts, ("models", "sequences", "strategies", "seeds"))))
 
     echo(f"[ray] {connect_ray()}")
     use_gpu = resolve_use_gpu(cfg)
