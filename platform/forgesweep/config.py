@@ -249,6 +249,16 @@ class MatrixConfig(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="a grid axis of seeds")
     max_concurrent_trials: int = Field(2, ge=1, le=10000)
 
+    @field_validator("models", "strategies", "sequences")
+    @classmethod
+    def _labels_are_mlflow_safe(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Labels become parts of MLflow parameter keys (matrix.strategies.<label>.name).
+        for label in value:
+            if not label or not all(c.isalnum() or c in "_-. :/" for c in label):
+                raise ValueError(f"label {label!r} may only contain letters, digits, '_', '-', '.', ' ', ':' "
+                                 f"and '/' (it names MLflow parameters)")
+        return value
+
 
 class ExperimentConfig(_Strict):
     """The whole experiment."""

@@ -85,3 +85,8 @@ def test_rows_average_over_seeds_with_sample_std():
     csv_text = comparison_csv(rows)
     assert csv_text.splitlines()[0].startswith("model,sequence,strategy,seeds,acc/A,acc/A_std")
     assert len(csv_text.strip().splitlines()) == 3
+
+
+def test_a_label_mlflow_cannot_store_is_rejected_at_config_time():
+    with pytest.raises(ConfigError, match=r"matrix.strategies: .*'DER\+\+'"):
+        _cfg("matrix.strategies={DER++: {name: derpp}}")
