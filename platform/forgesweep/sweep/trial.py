@@ -32,5 +32,38 @@ def _fit(cfg, sweep_name: str, use_gpu: bool) -> None:
     trial_id = tune.get_context().get_trial_id()
     trainer = build_trainer(cfg, name=f"{sweep_name}-{trial_id}", callbacks=[TuneReportCallback()], use_gpu=use_gpu)
     result = trainer.fit()
+    _wait_for_forwarded_results()
     if result.error is not None:
         raise result.error
+
+
+def _wait_for_forwarded_results(settle_s: float = 1.0, timeout_s: float = 120.0) -> None:
+    """Return only once Tune has taken every stage result ``TuneReportCallback`` forwarded.
+
+    Why: the callback hands results to the trial through a one-slot queue that the trial's main
+    thread moves into a second one-slot queue which that same thread drains. If this function
+    returned while a forwarded result was still in flight, Tune would put its end-of-trial
+    marker into the second queue first and the main thread would block on it for ever (seen
+    under load, when the driver's MLflow callback is slow). Both queues must stay empty for
+    ``settle_s`` to cover the moment between taking a result from one and putting it into the
+    other. Ray internals: if they change shape, nothing is waited for (the old behaviour).
+    """
+    import time
+
+    from ray.train._internal import session as train_session
+
+    session = train_session.get_session()
+    forwarded = getattr(session, "_inter_actor_queue", None)
+    results = getattr(session, "result_queue", None)
+    if forwarded is None or results is None:
+        return
+    deadline = time.monotonic() + timeout_s
+    quiet_since = None
+    while time.monotonic() < deadline:
+        if forwarded.empty() and results.empty():
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since >= settle_s:
+                return
+        else:
+            quiet_since = None
+        time.sleep(0.05)

@@ -2,43 +2,124 @@
 
 Every Ray Train call of the project lives here (Ray's reporting API has changed several times;
 keeping it in one place keeps the change small next time).
+
+With ``loop_config["trace_dir"]`` set, every worker also writes a :class:`WorkerTrace` there:
+the sample ids of every training batch it drew and its weights at the end of every stage. It
+exists to check data-parallel training (each rank sees its own shard of every epoch; DDP keeps
+the ranks' weights identical); it costs one JSON line per epoch and one weights file per stage.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import ray.train
 import ray.train.torch
 import torch
+from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
 from forgesweep.config import validate_config
+from forgesweep.models import Detector, unwrap_model
 from forgesweep.train.loop import run_continual
 
 
-class RayTrainContext:
-    """:class:`~forgesweep.train.loop.LoopContext` backed by the Ray Train worker session."""
+class WorkerTrace:
+    """What one worker trained on, written under ``<trace_dir>/rank-<r>/``.
 
-    def __init__(self) -> None:
+    * ``samples.jsonl``: one line per pass over a training loader,
+      ``{"loader": i, "epoch": j, "keys": [sample ids in the order drawn]}`` (loader ``i`` is the
+      ``i``-th task the worker trained, counting from 0; epoch ``j`` counts passes over it);
+    * ``stage-<k>.safetensors``: the worker's model weights (state dict) when stage ``k`` reports;
+    * ``worker.json``: rank, world size, device, the process group's backend and the type of the
+      prepared model (``DistributedDataParallel`` with several workers).
+    """
+
+    def __init__(self, trace_dir: str | Path, rank: int) -> None:
+        self.dir = Path(trace_dir) / f"rank-{rank}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._loaders = 0
+
+    def describe(self, rank: int, world_size: int, device: torch.device, model: nn.Module) -> None:
+        backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
+        info = {"rank": rank, "world_size": world_size, "device": str(device), "backend": backend,
+                "model_type": type(model).__name__}
+        (self.dir / "worker.json").write_text(json.dumps(info))
+
+    def wrap(self, loader: DataLoader) -> "_TracedLoader":
+        self._loaders += 1
+        return _TracedLoader(loader, self, self._loaders - 1)
+
+    def record(self, loader_index: int, epoch: int, keys: list[str]) -> None:
+        with open(self.dir / "samples.jsonl", "a") as f:
+            f.write(json.dumps({"loader": loader_index, "epoch": epoch, "keys": keys}) + "\n")
+
+    def save_weights(self, stage: int, model: nn.Module) -> None:
+        weights = {k: v.detach().cpu().contiguous() for k, v in unwrap_model(model).state_dict().items()}
+        save_file(weights, str(self.dir / f"stage-{stage}.safetensors"))
+
+
+class _TracedLoader:
+    """A prepared loader that records the ``keys`` of every batch it yields; everything else
+    (``sampler.set_epoch``, ``len``) goes to the wrapped loader."""
+
+    def __init__(self, loader: DataLoader, trace: WorkerTrace, index: int) -> None:
+        self._loader, self._trace, self._index, self._epoch = loader, trace, index, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        keys: list[str] = []
+        for batch in self._loader:
+            # Frame batches carry sample ids; clip batches the ids of their videos.
+            keys.extend(batch.get("keys", batch.get("video_id", [])))
+            yield batch
+        self._trace.record(self._index, self._epoch, keys)
+        self._epoch += 1
+
+
+class RayTrainContext:
+    """:class:`~forgesweep.train.loop.LoopContext` backed by the Ray Train worker session.
+
+    Args:
+        trace_dir: when given, write a :class:`WorkerTrace` of this worker there.
+    """
+
+    def __init__(self, trace_dir: Optional[str] = None) -> None:
         ctx = ray.train.get_context()
         self.world_rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
         # 1. The device Ray Train assigned to this worker (a GPU when use_gpu, else the CPU).
         self.device = ray.train.torch.get_device()
         self._restored_dir: Optional[Path] = None
+        self._trace = WorkerTrace(trace_dir, self.world_rank) if trace_dir else None
+        self._model: Optional[nn.Module] = None
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         # 2. Moves the model to the device and wraps it in DDP when there are several workers.
-        return ray.train.torch.prepare_model(model)
+        # A model that trains in phases (e.g. StyleFlow: StyleGRU, then the detector with the
+        # StyleGRU frozen) changes which parameters get gradients after DDP wrapped it; DDP must
+        # then look for unused parameters every step instead of waiting for their gradients.
+        phased = type(model).training_phases is not Detector.training_phases
+        kwargs = {"find_unused_parameters": True} if phased else None
+        self._model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=kwargs)
+        if self._trace is not None:
+            self._trace.describe(self.world_rank, self.world_size, self.device, self._model)
+        return self._model
 
     def prepare_loader(self, loader: DataLoader) -> DataLoader:
         # 3. Adds a DistributedSampler so each worker sees its shard of every epoch.
-        return ray.train.torch.prepare_data_loader(loader)
+        prepared = ray.train.torch.prepare_data_loader(loader)
+        return self._trace.wrap(prepared) if self._trace is not None else prepared
 
     def latest_checkpoint(self) -> Optional[Path]:
         # 4. After a worker failure, Ray restarts the group with the last reported checkpoint.
@@ -50,6 +131,8 @@ class RayTrainContext:
         return self._restored_dir
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Optional[Path]) -> None:
+        if self._trace is not None and self._model is not None:
+            self._trace.save_weights(int(metrics["stage"]), self._model)
         # 5. Every worker reports (it is a barrier); only rank 0 hands over a checkpoint.
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         try:
@@ -60,7 +143,8 @@ class RayTrainContext:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Entry point of each Ray Train worker: ``loop_config["experiment"]`` is the config dict."""
+    """Entry point of each Ray Train worker: ``loop_config["experiment"]`` is the config dict;
+    ``loop_config["trace_dir"]`` (optional) turns on the :class:`WorkerTrace`."""
     cfg = validate_config(loop_config["experiment"])
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
-    run_continual(cfg, RayTrainContext())
+    run_continual(cfg, RayTrainContext(loop_config.get("trace_dir")))
