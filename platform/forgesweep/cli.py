@@ -14,6 +14,9 @@ Examples::
     forgesweep matrix --config jobs/configs/matrix.yaml  # strategies x seeds comparison table
     forgesweep synth --out data/synthetic --set data.synthetic.seed=3
     forgesweep config --set strategy.kd_temperature=4  # print the resolved config
+    forgesweep serve --set registered_model=cffd-synthetic  # HTTP API over the stage models
+
+``serve`` reads its own config (``jobs/configs/serve.yaml``, see ``forgesweep.serve.config``).
 """
 
 from __future__ import annotations
@@ -88,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (manifest.jsonl, frames/, masks/, videos/)")
     p = sub.add_parser("config", help="print the resolved config as YAML")
     _common(p)
+    p = sub.add_parser("serve", help="Ray Serve HTTP API over the registered stage models")
+    p.add_argument("--config", help="serving YAML (default: jobs/configs/serve.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a serving key, e.g. --set batching.max_batch_size=8 (repeatable)")
+    p.add_argument("--detach", action="store_true",
+                   help="deploy and exit, leaving the app on the cluster (needs RAY_ADDRESS)")
     return parser
 
 
@@ -137,10 +146,46 @@ def _cmd_synth(cfg: ExperimentConfig, out: str) -> int:
     return 0
 
 
+def _cmd_serve(path: Optional[str], overrides: Sequence[str], detach: bool, configs_dir: Optional[Path]) -> int:
+    import os
+    import time
+
+    from ray import serve
+
+    from forgesweep.serve.app import deploy, preflight
+    from forgesweep.serve.config import load_serve_config
+    from forgesweep.train.ray_session import connect_ray
+
+    configs_dir = configs_dir or repo_configs_dir()
+    if path is None and configs_dir is not None and (configs_dir / "serve.yaml").is_file():
+        path = str(configs_dir / "serve.yaml")
+    cfg = load_serve_config(path, overrides)
+    if detach and not os.environ.get("RAY_ADDRESS"):
+        raise UserError("--detach leaves the app on a running cluster; set RAY_ADDRESS (ray job submit does)")
+    stages = preflight(cfg)
+    print(f"[serve] {cfg.registered_model} @ {cfg.tracking_uri}: "
+          + ", ".join(f"stage-{e.stage}=v{e.version} ({e.task})" for e in stages), flush=True)
+    print(f"[ray] {connect_ray()}", flush=True)
+    url = deploy(cfg)
+    print(f"[serve] {url}/v1/detect  {url}/v1/detect/video  {url}/v1/stages  {url}/healthz  {url}/docs", flush=True)
+    if detach:
+        return 0
+    print("[serve] Ctrl-C stops the app", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.delete(cfg.app_name)
+        print(f"[serve] deleted app {cfg.app_name}", flush=True)
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None, configs_dir: Optional[Path] = None) -> int:
     """Entry point; returns the exit status (2 for bad input)."""
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "serve":
+            return _cmd_serve(args.config, args.overrides, args.detach, configs_dir)
         cfg = resolve_config(args.config, args.overrides, args.smoke, configs_dir)
         if args.command == "config":
             check_search_space(cfg)

@@ -40,7 +40,7 @@ def load_image(source: Union[str, Path, bytes], size: int) -> np.ndarray:
             return _to_rgb_array(img, size)
     except FileNotFoundError:
         raise DataError(f"frame not found: {name}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:  # PIL: SyntaxError for some damaged PNGs
         raise DataError(f"unreadable frame {name}: {exc}") from None
 
 
