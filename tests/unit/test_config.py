@@ -62,7 +62,7 @@ def test_default_yaml_loads_and_validates():
     assert cfg.sweep.scheduler.type == "asha"
     assert set(cfg.sweep.space) == {
         "strategy.kd_temperature", "strategy.replay_size", "strategy.w_slkd", "strategy.w_mfkd",
-        "strategy.feature_layers", "train.lr",
+        "strategy.feature_layers", "strategy.replay_policy", "train.lr",
     }
     assert cfg.sweep.space["strategy.replay_size"].type == "int"
 
@@ -87,7 +87,7 @@ def test_smoke_yaml_extends_default():
     assert cfg.train.lr == pytest.approx(2e-3)
     assert cfg.strategy.params.kd_temperature == 2.0
     assert cfg.tracking.experiment == "forgesweep-cffd"
-    assert len(cfg.sweep.space) == 6
+    assert len(cfg.sweep.space) == 7
 
 
 @pytest.mark.parametrize("path", [DEFAULT, SMOKE], ids=["default", "smoke"])
