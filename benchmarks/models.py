@@ -93,7 +93,10 @@ def _child(args: argparse.Namespace, name: str, preset: str) -> dict:
     batch = args.batch or (2 if preset == "full" and args.device == "cpu" else 8)
     cmd = [sys.executable, __file__, "--child", name, preset, str(size), str(batch), str(args.iters),
            args.device, str(args.threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"model": name, "preset": preset, "error": f"did not finish within {args.timeout:.0f} s"}
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         return {"model": name, "preset": preset, "error": tail}
@@ -119,6 +122,7 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds allowed per (model, preset)")
     args = parser.parse_args()
     names = args.models or MODELS.names()
     gpu = args.device.startswith("cuda")
