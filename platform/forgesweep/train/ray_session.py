@@ -24,7 +24,5 @@ def connect_ray() -> str:
     if address:
         ray.init(address=address, log_to_driver=True)
         return f"joined Ray cluster at {address}"
-    # A local instance stays on loopback: nothing of it is reachable from the network.
-    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
-             log_to_driver=True)
+    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
     return f"started local Ray with {int(ray.cluster_resources().get('CPU', 0))} CPUs"
