@@ -342,3 +342,23 @@ def test_feature_kd_unknown_layer_raises_key_error_naming_it():
     assert "stage1" in str(info.value)  # lists what is available
     with pytest.raises(ValueError):
         feature_kd(feats, feats, [])
+
+
+def test_select_rows_keeps_every_field_of_an_output_subclass():
+    import dataclasses
+
+    from forgesweep.continual.base import select_rows
+    from forgesweep.models.output import DetectorOutput
+
+    @dataclasses.dataclass
+    class WithKeys(DetectorOutput):
+        keys: torch.Tensor | None = None
+
+    out = WithKeys(logits=torch.tensor([0.1, 0.2, 0.3]), embedding=torch.arange(6.0).reshape(3, 2),
+                   keys=torch.tensor([[1.0], [2.0], [3.0]]))
+    sub, batch = select_rows(out, {"labels": torch.tensor([0, 1, 1]), "keys": ["a", "b", "c"]},
+                             torch.tensor([False, True, True]))
+    assert isinstance(sub, WithKeys)
+    assert torch.equal(sub.keys, torch.tensor([[2.0], [3.0]]))
+    assert torch.equal(sub.logits, torch.tensor([0.2, 0.3]))
+    assert batch["keys"] == ["b", "c"] and torch.equal(batch["labels"], torch.tensor([1, 1]))

@@ -23,6 +23,7 @@ derived from "the previous model" are rebuilt there and need no saving.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 from typing import Any, Mapping, Optional, Sequence
 
@@ -162,9 +163,15 @@ def select_rows(out: DetectorOutput, batch: Batch, rows: torch.Tensor) -> tuple[
             return [value[i] for i in index.tolist()]
         return value
 
-    features = type(out.features)((k, take(v)) for k, v in out.features.items())
-    sub = DetectorOutput(logits=take(out.logits), features=features, embedding=take(out.embedding))
-    return sub, {k: take(v) for k, v in batch.items()}
+    # Every field, so subclasses keep theirs (e.g. DCR's momentum keys, which its task_loss enqueues).
+    values = {}
+    for f in dataclasses.fields(out):
+        value = getattr(out, f.name)
+        if f.name == "features":
+            values[f.name] = type(value)((k, take(v)) for k, v in value.items())
+        else:
+            values[f.name] = take(value)
+    return dataclasses.replace(out, **values), {k: take(v) for k, v in batch.items()}
 
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
