@@ -21,7 +21,9 @@ MEAN = 0.5
 STD = 0.5
 
 
-def _to_rgb_array(image: Image.Image, size: int) -> np.ndarray:
+def resize_rgb(image: Image.Image, size: int) -> np.ndarray:
+    """A PIL image as an ``[size, size, 3]`` uint8 RGB array (bilinear resize): the one resize
+    training, evaluation and serving share."""
     image = image.convert("RGB")
     if image.size != (size, size):
         image = image.resize((size, size), Image.BILINEAR)
@@ -37,7 +39,7 @@ def load_image(source: Union[str, Path, bytes], size: int) -> np.ndarray:
     name = "<bytes>" if isinstance(source, bytes) else str(source)
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-            return _to_rgb_array(img, size)
+            return resize_rgb(img, size)
     except FileNotFoundError:
         raise DataError(f"frame not found: {name}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:  # PIL: SyntaxError for some damaged PNGs

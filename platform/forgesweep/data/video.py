@@ -92,7 +92,8 @@ def write_video(frames: Sequence[np.ndarray], path: str | Path, fps: int = 10) -
     return path
 
 
-def _even_indices(total: int, num_frames: int) -> list[int]:
+def even_indices(total: int, num_frames: int) -> list[int]:
+    """``min(num_frames, total)`` frame indices evenly spaced over ``0 .. total - 1``."""
     n = min(num_frames, total)
     return [int(i) for i in np.linspace(0, total - 1, n).round().astype(int)]
 
@@ -133,7 +134,7 @@ def read_video_frames(
     if total == 0:
         raise DataError(f"video {path} has no frames")
     if num_frames is not None:
-        wanted = _even_indices(total, num_frames)
+        wanted = even_indices(total, num_frames)
     elif indices is not None:
         wanted = [int(i) for i in indices]
         bad = [i for i in wanted if not 0 <= i < total]

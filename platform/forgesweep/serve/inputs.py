@@ -27,8 +27,8 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
-from forgesweep.data.preprocess import _to_rgb_array, load_image
-from forgesweep.data.video import _even_indices, read_video_frames
+from forgesweep.data.preprocess import load_image, resize_rgb
+from forgesweep.data.video import even_indices, read_video_frames
 from forgesweep.errors import DataError
 from forgesweep.serve.errors import RequestError
 
@@ -231,12 +231,12 @@ def decode_video(data: bytes, suffix: str, num_frames: int, size: int) -> VideoF
             raise RequestError(400, "invalid_video", f"the video cannot be opened by decord: {first}") from None
         if total == 0:
             raise RequestError(400, "invalid_video", "the video has no frames")
-        indices = _even_indices(total, num_frames)
+        indices = even_indices(total, num_frames)
         try:
             raw = read_video_frames(path, indices=indices)
         except DataError as exc:
             raise RequestError(400, "invalid_video", str(exc).replace(path, "the upload")) from None
-    frames = np.stack([_to_rgb_array(Image.fromarray(frame), size) for frame in raw])
+    frames = np.stack([resize_rgb(Image.fromarray(frame), size) for frame in raw])
     return VideoFrames(frames, indices, total)
 
 
