@@ -146,7 +146,7 @@ def run_matrix(cfg: ExperimentConfig, echo: Callable[[str], None] = echo_stdout)
                                    trial_tags=functools.partial(_cell_tags, cells))
     tuner = tune.Tuner(
         trainable,
-        param_space={"cell": tune.grid_search(sorted(cells))},
+        param_space={"cell": tune.grid_search(list(cells))},
         tune_config=tune.TuneConfig(max_concurrent_trials=cfg.matrix.max_concurrent_trials),
         run_config=tune.RunConfig(name=name, storage_path=storage_path(cfg), verbose=0, callbacks=[callback]),
     )
@@ -157,9 +157,10 @@ def run_matrix(cfg: ExperimentConfig, echo: Callable[[str], None] = echo_stdout)
         complete = {cid: r for cid, r in by_cell.items() if r.last_stage == len(r.task_names)}
         if not complete:
             raise SweepFailed(f"no cell of matrix {name} completed its sequence; see the Ray logs")
-        rows = comparison_rows([(cells[cid].labels, rec) for cid, rec in complete.items()])
+        ordered = [(cells[cid].labels, complete[cid]) for cid in cells if cid in complete]  # config order
+        rows = comparison_rows(ordered)
         markdown = comparison_markdown(rows)
-        _log_comparison(client, parent, rows, markdown, [(cells[cid].labels, rec) for cid, rec in complete.items()])
+        _log_comparison(client, parent, rows, markdown, ordered)
         status = "FINISHED"
     finally:
         logger.end_parent(status)
