@@ -1,7 +1,8 @@
 """The Serve app end to end on the session's Ray head, over real HTTP on 127.0.0.1.
 
 Three tiny stage models (``rsia_lite`` preset ``tiny``, 32 px, untrained) are registered through
-the project's own tracking code; stage 2's weights are corrupt on purpose. The module deploys
+the project's own tracking code; stage 2's weights are corrupt on purpose; stage 4 is a clip model
+(``styleflow`` preset ``tiny``, 4-frame clips) and the default stage is set to 3. The module deploys
 the app once, queries every route, checks served scores against offline evaluation
 (``predict_probs`` over a manifest, the training code path), sends every kind of bad input,
 moves an alias while requests are in flight, and shuts Serve down.
@@ -24,6 +25,7 @@ from PIL import Image
 
 from forgesweep.config import load_config
 from forgesweep.data.manifest import Manifest, ManifestRow
+from forgesweep.data.clips import ClipReader, clip_starts
 from forgesweep.data.datasets import FrameCache
 from forgesweep.data.video import read_video_frames, write_video
 from forgesweep.models import build_model
@@ -31,13 +33,14 @@ from forgesweep.serve.config import validate_serve_config
 from forgesweep.serve.register import register_checkpoints
 from forgesweep.tracking.runs import open_client
 from forgesweep.train.checkpoint import WEIGHTS_FILE, load_model_from_checkpoint, save_stage_checkpoint
-from forgesweep.train.loop import predict_probs
+from forgesweep.train.loop import predict_probs, predict_video_probs
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "it-serve-model"
 TASKS = ["Deepfakes", "Face2Face", "FaceSwap"]
+CLIP_TASKS = TASKS + ["NeuralTextures"]
 TOL = 1e-5
 
 
@@ -54,6 +57,17 @@ def _checkpoint(root: Path, name: str, stage: int, seed: int, corrupt: bool = Fa
     if corrupt:
         (path / WEIGHTS_FILE).write_bytes(b"these are not safetensors")
     return path
+
+
+def _clip_checkpoint(root: Path, stage: int, seed: int) -> Path:
+    cfg = load_config(REPO / "jobs" / "configs" / "arch_styleflow.yaml",
+                      ["model.preset=tiny", "model.clip_length=4", "data.image_size=32",
+                       f"data.sequence={CLIP_TASKS}", "data.clips.eval_clips_per_video=3"])
+    torch.manual_seed(seed)
+    model = build_model(cfg.model.name, cfg.model.params)
+    return save_stage_checkpoint(root / f"s{stage}", model, {"stage": stage, "task_names": CLIP_TASKS,
+                                                            "config": cfg.to_dict(), "seed": seed,
+                                                            "metrics": {"avg_acc": 0.6}})
 
 
 def _png(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -74,7 +88,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     checkpoints = [_checkpoint(root, "s1", 1, 11), _checkpoint(root, "s2", 2, 12, corrupt=True),
-                   _checkpoint(root, "s3", 3, 13)]
+                   _checkpoint(root, "s3", 3, 13), _clip_checkpoint(root, 4, 14)]
     versions = register_checkpoints(open_client(uri), MODEL, checkpoints, artifact_location=str(root / "artifacts"))
     by_version = {str(v.version): c for v, c in zip(versions, checkpoints)}
     rng = np.random.default_rng(0)
@@ -106,6 +120,7 @@ def app(ray_session, world, one_torch_thread):
     cfg = validate_serve_config({
         "app_name": "it-serve", "registered_model": MODEL, "tracking_uri": world["uri"],
         "registry_refresh_s": 3600,  # only POST /v1/reload re-reads the aliases in this module
+        "default_stage": 3,
         "http": {"host": "127.0.0.1", "port": _free_port()},
         "limits": {"max_image_bytes": 64 * 1024, "max_image_pixels": 100_000, "max_video_bytes": 1024 * 1024},
         "video": {"num_frames": 4},
@@ -137,7 +152,7 @@ def test_healthz_and_openapi(app):
     url, _ = app
     health = requests.get(f"{url}/healthz", timeout=30)
     assert health.status_code == 200, health.text
-    assert health.json() == {"status": "ok", "registered_model": MODEL, "stages": [1, 2, 3], "default_stage": 3}
+    assert health.json() == {"status": "ok", "registered_model": MODEL, "stages": [1, 2, 3, 4], "default_stage": 3}
     schema = requests.get(f"{url}/openapi.json", timeout=30).json()
     assert {"/v1/detect", "/v1/detect/video", "/v1/stages", "/v1/reload", "/healthz"} <= set(schema["paths"])
     body = schema["paths"]["/v1/detect"]["post"]["requestBody"]["content"]
@@ -150,7 +165,7 @@ def test_stages_show_versions_metrics_and_tasks(app, world):
     body = requests.get(f"{url}/v1/stages", timeout=30).json()
     assert body["registered_model"] == MODEL and body["default_stage"] == 3
     stages = {s["stage"]: s for s in body["stages"]}
-    assert sorted(stages) == [1, 2, 3]
+    assert sorted(stages) == [1, 2, 3, 4]
     assert [stages[k]["task"] for k in (1, 2, 3)] == TASKS
     assert stages[3]["default"] and not stages[1]["default"]
     assert stages[2]["alias"] == "stage-2"
@@ -238,6 +253,33 @@ def test_video_frames_scored_and_aggregated(app, world):
     assert upload.status_code == 200 and upload.json()["stage"] == 3
 
 
+def test_clip_model_scores_a_video_by_its_clips_like_evaluation(app, world):
+    url, _ = app
+    root = world["root"]
+    rng = np.random.default_rng(2)
+    video = write_video([rng.integers(0, 256, (40, 44, 3), dtype=np.uint8) for _ in range(11)],
+                        root / "clip4.mp4")
+    response = post(f"{url}/v1/detect/video", video.read_bytes(), "video/mp4", params={"stage": "4"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["stage"] == 4 and body["architecture"] == "styleflow" and body["aggregate"] == "mean_logit"
+    assert body["total_frames"] == 11 and body["frames"] == []
+    assert [c["start"] for c in body["clips"]] == clip_starts(11, 4, 1, 3) and {c["frames"] for c in body["clips"]} == {4}
+    mean_logit = float(np.mean([c["logit"] for c in body["clips"]]))
+    assert body["fake_probability"] == pytest.approx(1 / (1 + np.exp(-mean_logit)), abs=1e-9)
+    # Offline: the evaluation path for clip models over a one-video manifest.
+    model, state = load_model_from_checkpoint(world["by_version"]["4"])
+    row = ManifestRow(path=str(video), label=1, method="Deepfakes", dataset="upload", split="test", video_id="v")
+    cache = FrameCache(Manifest([row], root), 32)
+    reader = ClipReader(cache, model.clip_length(), load_config(REPO / "jobs" / "configs" / "default.yaml",
+                                                               ["data.clips.eval_clips_per_video=3"]).data.clips)
+    expected = predict_video_probs(model, [row], reader, 256, torch.device("cpu"))["v"]
+    assert body["fake_probability"] == pytest.approx(expected, abs=TOL)
+    # A clip model takes no single image.
+    image = post(f"{url}/v1/detect", world["images"]["a.png"], params={"stage": "4"})
+    assert image.status_code == 422 and image.json()["error"]["code"] == "clip_model"
+
+
 def _truncated_jpeg(world) -> bytes:
     data = world["images"]["c.jpg"]
     return data[: len(data) * 2 // 3]
@@ -284,7 +326,7 @@ def test_bad_input_gets_a_clear_error_and_the_app_keeps_serving(app, world, case
     error = response.json()["error"]
     assert error["code"] == code and error["message"]
     if code == "unknown_stage":
-        assert error["valid_stages"] == [1, 2, 3] and "1, 2, 3" in error["message"]
+        assert error["valid_stages"] == [1, 2, 3, 4] and "1, 2, 3, 4" in error["message"]
     if code == "model_unavailable":
         assert "stage 2" in error["message"] and error["stage"] == 2
     assert_good_request_works(url, world)

@@ -13,8 +13,8 @@ from starlette.requests import Request
 from forgesweep.data.preprocess import load_image
 from forgesweep.data.video import write_video
 from forgesweep.serve.errors import RequestError
-from forgesweep.serve.inputs import (accepts, aggregate, decode_image, decode_video, media_type, read_upload,
-                                     video_suffix, Upload)
+from forgesweep.serve.inputs import (accepts, aggregate, decode_image, decode_video, decode_video_clips, media_type,
+                                     read_upload, video_suffix, Upload)
 
 
 def _encode(pixels: np.ndarray, fmt: str) -> bytes:
@@ -168,6 +168,27 @@ def test_video_frames_evenly_spaced_and_resized(tmp_path):
 @pytest.mark.parametrize("data", [b"garbage" * 50, PNG], ids=["garbage", "an-image"])
 def test_undecodable_video_is_400(data):
     error = _error(decode_video, data, ".mp4", 4, 16)
+    assert (error.status, error.code) == (400, "invalid_video")
+
+
+def test_video_clips_cut_like_evaluation(tmp_path):
+    frames = [np.full((24, 20, 3), 20 * i, np.uint8) for i in range(10)]
+    data = write_video(frames, tmp_path / "v.mp4").read_bytes()
+    video = decode_video_clips(data, ".mp4", clip_length=4, stride=2, clips_per_video=3, size=16)
+    # Valid starts 0..3 (a 4-frame clip with stride 2 spans 7 frames): three evenly spaced.
+    assert video.total_frames == 10 and video.starts == [0, 2, 3]
+    assert video.clips.shape == (3, 4, 16, 16, 3) and video.clips.dtype == np.uint8
+    # Clip 2 starts at frame 2 with stride 2: frames 2, 4, 6, 8 (values 40, 80, 120, 160).
+    means = [int(video.clips[1, k].mean()) for k in range(4)]
+    assert all(abs(m - v) <= 6 for m, v in zip(means, [40, 80, 120, 160])), means
+    short = decode_video_clips(write_video(frames[:2], tmp_path / "s.mp4").read_bytes(), ".mp4", 4, 1, 3, 16)
+    assert short.starts == [0] and short.clips.shape == (1, 4, 16, 16, 3)  # the last frame repeats
+    assert np.array_equal(short.clips[0, 1], short.clips[0, 3])
+
+
+@pytest.mark.parametrize("data", [b"garbage" * 50, PNG], ids=["garbage", "an-image"])
+def test_undecodable_video_clips_are_400(data):
+    error = _error(decode_video_clips, data, ".mp4", 4, 1, 2, 16)
     assert (error.status, error.code) == (400, "invalid_video")
 
 

@@ -5,7 +5,9 @@ Routes (all JSON; errors are ``{"error": {"code", "message", ...}}`` with a 4xx/
 * ``POST /v1/detect`` -- one image (raw ``image/*`` body or a multipart ``file``); optional
   stage as query ``?stage=2``, header ``X-Forgesweep-Stage: 2`` or multipart field ``stage``.
 * ``POST /v1/detect/video`` -- an mp4/avi/webm video; ``video.num_frames`` frames are sampled
-  with decord, scored in one call and aggregated (``video.aggregate``).
+  with decord, scored in one call and aggregated (``video.aggregate``). A clip model's stage
+  (e.g. StyleFlow) scores the clips its run was evaluated on instead (``data.clips``: clip
+  length, stride, clips per video): probability = sigmoid of the clips' mean logit.
 * ``GET /v1/stages`` -- stages, model versions, registry metrics, the task each stage added.
 * ``POST /v1/reload`` -- re-read the stage aliases now (hot reload, see below).
 * ``GET /healthz``; ``GET /docs`` and ``GET /openapi.json`` come from FastAPI.
@@ -36,6 +38,7 @@ Usage::
 # for FastAPI, which then cannot resolve annotations kept as strings.
 import asyncio
 import logging
+import math
 import time
 from typing import Any, Optional
 
@@ -52,8 +55,8 @@ from forgesweep.errors import UserError
 from forgesweep.serve.catalog import StageCatalog, StageEntry, read_stages
 from forgesweep.serve.config import ServeConfig, load_serve_config, validate_serve_config
 from forgesweep.serve.errors import RequestError, root_cause
-from forgesweep.serve.inputs import (MULTIPART, VIDEO_TYPES, aggregate, decode_image, decode_video, read_upload,
-                                     video_suffix)
+from forgesweep.serve.inputs import (MULTIPART, VIDEO_TYPES, aggregate, decode_image, decode_video,
+                                     decode_video_clips, read_upload, video_suffix)
 from forgesweep.serve.schemas import (DetectResponse, ErrorResponse, HealthResponse, ReloadResponse, StageInfo,
                                       StagesResponse, VideoDetectResponse)
 from forgesweep.serve.stage_models import ModelSpec, StageModels
@@ -247,15 +250,26 @@ class DetectorIngress:
         began = time.perf_counter()
         upload = await read_upload(request, "video", self.cfg.limits.max_video_bytes)
         entry, spec = await self._resolve(stage or x_forgesweep_stage or upload.stage)
-        if spec.input_kind != "image":
-            raise RequestError(422, "clip_model", f"stage {entry.stage}'s model ({spec.architecture}) scores clips; "
-                               f"clip models are not served yet")
+        if spec.input_kind == "clip":
+            return await self._detect_clips(entry, spec, upload, began)
         video = await asyncio.to_thread(decode_video, upload.data, video_suffix(upload), self.cfg.video.num_frames,
                                         spec.image_size)
         probs = await self._score(entry, video.frames)
         fields = self._detection(entry, spec, aggregate(probs, self.cfg.video.aggregate), began)
         return {**fields, "aggregate": self.cfg.video.aggregate, "total_frames": video.total_frames,
                 "frames": [{"index": i, "fake_probability": p} for i, p in zip(video.indices, probs)]}
+
+    async def _detect_clips(self, entry: StageEntry, spec: ModelSpec, upload: Any, began: float) -> dict[str, Any]:
+        # A clip model scores the video as evaluation does: its evenly spaced clips (the run's
+        # data.clips geometry) in one forward pass, probability = sigmoid(mean clip logit).
+        video = await asyncio.to_thread(decode_video_clips, upload.data, video_suffix(upload), spec.clip_length,
+                                        spec.clip_stride, spec.clips_per_video, spec.image_size)
+        logits = await self._call(entry, "predict_clips", video.clips)
+        prob = 1.0 / (1.0 + math.exp(-sum(logits) / len(logits)))
+        fields = self._detection(entry, spec, prob, began)
+        return {**fields, "aggregate": "mean_logit", "total_frames": video.total_frames,
+                "clips": [{"start": a, "frames": spec.clip_length, "logit": z, "fake_probability": 1 / (1 + math.exp(-z))}
+                          for a, z in zip(video.starts, logits)]}
 
     @api.get("/v1/stages", response_model=StagesResponse, responses=_ERRORS, summary="Stages on offer")
     async def stages(self) -> StagesResponse:

@@ -240,6 +240,47 @@ def decode_video(data: bytes, suffix: str, num_frames: int, size: int) -> VideoF
     return VideoFrames(frames, indices, total)
 
 
+@dataclass(frozen=True)
+class VideoClips:
+    """Clips cut from an uploaded video for a clip model, the way evaluation cuts them."""
+
+    clips: np.ndarray  # uint8 [n_clips, clip_length, size, size, 3]
+    starts: list[int]  # each clip's first frame in the video
+    total_frames: int
+
+
+def decode_video_clips(data: bytes, suffix: str, clip_length: int, stride: int, clips_per_video: int,
+                       size: int) -> VideoClips:
+    """Video bytes -> the evenly spaced clips a clip model scores (``data.clips`` geometry).
+
+    Frames go through :class:`forgesweep.data.clips.VideoFrameCache`, the reader evaluation
+    uses for video files, and clips are cut with the same :func:`clip_starts` /
+    :func:`clip_indices`, so a served video score equals the offline video-level score.
+
+    Raises:
+        RequestError: 400 when decord cannot open or decode the video.
+    """
+    from forgesweep.data.clips import VideoFrameCache, clip_indices, clip_starts, video_frame_count
+
+    with tempfile.TemporaryDirectory(prefix="forgesweep-video-") as tmp:
+        path = os.path.join(tmp, f"upload{suffix}")
+        with open(path, "wb") as fh:
+            fh.write(data)
+        try:
+            total = video_frame_count(path)
+            starts = clip_starts(total, clip_length, stride, clips_per_video)
+            wanted = [clip_indices(total, a, clip_length, stride) for a in starts]
+            needed = sorted({i for idx in wanted for i in idx})
+            frames = VideoFrameCache(size).get(path, needed)  # [N, 3, S, S] uint8
+        except DataError as exc:
+            reason = str(exc).replace(path, "the upload")
+            raise RequestError(400, "invalid_video", f"the video cannot be decoded: {reason}") from None
+    row_of = {i: p for p, i in enumerate(needed)}
+    hwc = frames.permute(0, 2, 3, 1).numpy()
+    clips = np.stack([hwc[[row_of[i] for i in idx]] for idx in wanted])
+    return VideoClips(np.ascontiguousarray(clips), starts, total)
+
+
 def video_suffix(upload: Upload) -> str:
     """File suffix for a video upload (from its name, else its media type)."""
     suffix = os.path.splitext(upload.filename or "")[1].lower()

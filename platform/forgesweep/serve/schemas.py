@@ -35,12 +35,25 @@ class FrameScore(BaseModel):
     fake_probability: float
 
 
+class ClipScore(BaseModel):
+    """One scored clip of a video (clip models)."""
+
+    start: int = Field(description="index of the clip's first frame in the video")
+    frames: int = Field(description="frames in the clip")
+    logit: float
+    fake_probability: float
+
+
 class VideoDetectResponse(Detection):
     """Answer of ``POST /v1/detect/video``."""
 
-    aggregate: str = Field(description="how frame scores became fake_probability (mean, median, max)")
+    aggregate: str = Field(description="how frame or clip scores became fake_probability (mean, median, max; "
+                                       "mean_logit for clip models: the sigmoid of the clips' mean logit)")
     total_frames: int = Field(description="frames in the video")
-    frames: list[FrameScore] = Field(description="the sampled frames, in video order")
+    frames: list[FrameScore] = Field(default_factory=list,
+                                     description="image models: the sampled frames, in video order")
+    clips: list[ClipScore] = Field(default_factory=list,
+                                   description="clip models: the scored clips, in video order")
 
 
 class StageInfo(BaseModel):

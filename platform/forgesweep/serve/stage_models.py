@@ -58,6 +58,10 @@ class ModelSpec:
     input_kind: str
     task_names: tuple[str, ...]
     device: str
+    # Clip models only (input_kind "clip"): how the video route cuts clips, as evaluation did.
+    clip_length: int = 1
+    clip_stride: int = 1
+    clips_per_video: int = 1
 
 
 class LoadedStageModel:
@@ -85,6 +89,17 @@ class LoadedStageModel:
             out.append(probs[start:start + n])
             start += n
         return out
+
+    @torch.inference_mode()
+    def clip_logits(self, clips: np.ndarray) -> list[float]:
+        """Logit of each clip of ``clips`` (uint8 ``[n, T, H, W, 3]``), one forward pass.
+
+        A video's probability is the sigmoid of its clips' mean logit, as in evaluation
+        (:func:`forgesweep.train.loop.predict_video_probs`).
+        """
+        frames = torch.from_numpy(clips).permute(0, 1, 4, 2, 3)  # [n, T, 3, H, W], as ClipDataset gives
+        batch = to_model_input(frames).to(self.spec.device)
+        return self.strategy.predict_logits(self.model(batch)).float().cpu().tolist()
 
 
 def load_stage_model(tracking_uri: str, registered_model: str, model_id: str, device: str) -> LoadedStageModel:
@@ -114,11 +129,16 @@ def load_stage_model(tracking_uri: str, registered_model: str, model_id: str, de
     if state.get("strategy"):
         strategy.load_state_dict(state["strategy"])
     model_cfg = state["config"]["model"]
+    clip_fields = {}
+    if type(model).input_kind == "clip":
+        sampling = state["config"]["data"].get("clips", {})
+        clip_fields = {"clip_length": int(model.clip_length()), "clip_stride": int(sampling.get("stride", 1)),
+                       "clips_per_video": int(sampling.get("eval_clips_per_video", 4))}
     spec = ModelSpec(model_id=model_id, stage=stage, version=version, architecture=model_cfg["name"],
                      preset=model_cfg.get("preset"), strategy=strategy_name,
                      image_size=int(state["config"]["data"]["image_size"]),
                      input_kind=type(model).input_kind, task_names=tuple(state.get("task_names", ())),
-                     device=device)
+                     device=device, **clip_fields)
     return LoadedStageModel(model, strategy, spec)
 
 
@@ -196,3 +216,25 @@ class StageModels:
                                                         f"{frames.dtype} {list(frames.shape)}")
         loop = asyncio.get_running_loop()
         return (await loop.run_in_executor(self._forward_pool, model.score, [frames]))[0]
+
+    async def predict_clips(self, clips: np.ndarray) -> Union[list[float], RequestError]:
+        """Logit of each clip of ``clips`` (uint8 ``[n, T, size, size, 3]``) for a clip model.
+
+        Returns:
+            The logits, or a :class:`RequestError` (503 the model cannot be loaded, 400 the
+            clips do not fit it, 422 the model takes single images).
+        """
+        try:
+            model = await self.get_model(serve.get_multiplexed_model_id())
+        except RequestError as exc:
+            return exc
+        spec = model.spec
+        if spec.input_kind != "clip":
+            return RequestError(422, "image_model", f"stage {spec.stage}'s model ({spec.architecture}) scores "
+                                                    f"single frames, not clips")
+        expected = (spec.clip_length, spec.image_size, spec.image_size, 3)
+        if clips.dtype != np.uint8 or clips.ndim != 5 or clips.shape[1:] != expected or not len(clips):
+            return RequestError(400, "bad_input_shape", f"expected uint8 clips [n, {', '.join(map(str, expected))}], "
+                                                        f"got {clips.dtype} {list(clips.shape)}")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._forward_pool, model.clip_logits, clips)
