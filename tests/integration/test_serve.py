@@ -46,7 +46,8 @@ TOL = 1e-5
 
 def _checkpoint(root: Path, name: str, stage: int, seed: int, corrupt: bool = False) -> Path:
     cfg = load_config(REPO / "jobs" / "configs" / "default.yaml",
-                      ["model.preset=tiny", "data.image_size=32", f"data.sequence={TASKS}"])
+                      ["model.name=rsia_lite", "model.preset=tiny", "strategy.w_hscl=0", "data.image_size=32",
+                       f"data.sequence={TASKS}"])
     torch.manual_seed(seed)
     model = build_model(cfg.model.name, cfg.model.params)
     metrics = {"avg_acc": 0.5 + stage / 10, "forgetting": 0.01 * stage,

@@ -52,9 +52,9 @@ def test_default_yaml_loads_and_validates():
     assert [t.name for t in cfg.data.sequence] == ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
     # The string shorthand expands to reals plus the method's fakes.
     assert cfg.data.sequence[1].methods == ["real", "Face2Face"]
-    assert cfg.model.name == "rsia_lite"
-    assert cfg.model.params.width == 16  # preset "small"
+    assert cfg.model.name == "rsia_net" and cfg.model.preset == "small"
     assert cfg.strategy.name == "cffd"
+    assert cfg.strategy.params.w_hscl == pytest.approx(0.1)  # HSCL over rsia_net's two domains
     assert cfg.strategy.params.kd_temperature == 2.0
     assert cfg.strategy.params.feature_layers == ["stage3", "stage4"]
     assert cfg.strategy.params.replay_size == 200
@@ -62,7 +62,7 @@ def test_default_yaml_loads_and_validates():
     assert cfg.sweep.scheduler.type == "asha"
     assert set(cfg.sweep.space) == {
         "strategy.kd_temperature", "strategy.replay_size", "strategy.w_slkd", "strategy.w_mfkd",
-        "strategy.feature_layers", "strategy.replay_policy", "train.lr",
+        "strategy.feature_layers", "strategy.replay_policy", "strategy.w_hscl", "train.lr",
     }
     assert cfg.sweep.space["strategy.replay_size"].type == "int"
 
@@ -79,15 +79,16 @@ def test_smoke_yaml_extends_default():
     assert cfg.sweep.num_samples == 2
     assert cfg.sweep.scheduler.type == "none"
     assert cfg.tracking.registered_model == "cffd-synthetic-smoke"
+    # The compact model is smoke's fast preset; it has one domain, so HSCL is off.
+    assert cfg.model.name == "rsia_lite" and cfg.strategy.params.w_hscl == 0
     # ... while sibling keys come from default.yaml (a recursive merge, not a replacement).
-    assert cfg.model.name == "rsia_lite"
     assert cfg.data.synthetic.seed == 0
     assert cfg.data.batch_size == 32
     assert cfg.sweep.scheduler.grace_period == 2
     assert cfg.train.lr == pytest.approx(2e-3)
     assert cfg.strategy.params.kd_temperature == 2.0
     assert cfg.tracking.experiment == "forgesweep-cffd"
-    assert len(cfg.sweep.space) == 7
+    assert len(cfg.sweep.space) == 8
 
 
 @pytest.mark.parametrize("path", [DEFAULT, SMOKE], ids=["default", "smoke"])
