@@ -1,4 +1,5 @@
-"""The ``forgesweep`` command: ``synth``, ``train``, ``sweep``, ``matrix`` and ``config``.
+"""The ``forgesweep`` command: ``synth``, ``train``, ``sweep``, ``matrix``, ``config``, ``serve``,
+``import``, ``preprocess`` and ``synth-tree``.
 
 Every sub-command takes ``--config PATH`` (default: ``jobs/configs/default.yaml`` of the
 checkout when there is one, else the built-in defaults), ``--set key=value`` overrides
@@ -15,6 +16,8 @@ Examples::
     forgesweep synth --out data/synthetic --set data.synthetic.seed=3
     forgesweep config --set strategy.kd_temperature=4  # print the resolved config
     forgesweep serve --set registered_model=cffd-synthetic  # HTTP API over the stage models
+    forgesweep import ffpp /data/FaceForensics++ --out ffpp.jsonl   # dataset -> video manifest
+    forgesweep preprocess ffpp.jsonl --out s3://bucket/ffpp-frames   # decode, crop faces, write frames
 
 ``serve`` reads its own config (``jobs/configs/serve.yaml``, see ``forgesweep.serve.config``).
 """
@@ -97,7 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a serving key, e.g. --set batching.max_batch_size=8 (repeatable)")
     p.add_argument("--detach", action="store_true",
                    help="deploy and exit, leaving the app on the cluster (needs RAY_ADDRESS)")
+    for module in _command_modules():
+        module.add_parser(sub)
     return parser
+
+
+def _command_modules() -> list:
+    """Sub-command modules with their own arguments (no experiment config): ``COMMANDS``,
+    ``add_parser(subparsers)`` and ``run(args) -> int``."""
+    from forgesweep.data import cli as data_cli
+
+    return [data_cli]
 
 
 def _cmd_sweep(cfg: ExperimentConfig) -> int:
@@ -186,6 +199,9 @@ def main(argv: Optional[Sequence[str]] = None, configs_dir: Optional[Path] = Non
     try:
         if args.command == "serve":
             return _cmd_serve(args.config, args.overrides, args.detach, configs_dir)
+        for module in _command_modules():
+            if args.command in module.COMMANDS:
+                return module.run(args)
         cfg = resolve_config(args.config, args.overrides, args.smoke, configs_dir)
         if args.command == "config":
             check_search_space(cfg)

@@ -1,1 +1,2 @@
-"""Data: the manifest contract, the synthetic benchmark, task sequences and torch datasets."""
+"""Data: the manifest contract, the synthetic benchmark, task sequences and torch datasets,
+dataset importers (``importers``) and face cropping (``face_crop``)."""

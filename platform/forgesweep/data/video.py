@@ -16,6 +16,9 @@ import numpy as np
 
 from forgesweep.errors import DataError
 
+#: Suffixes of the video files manifests and dataset importers recognise.
+VIDEO_SUFFIXES = (".mp4", ".avi", ".webm", ".mov")
+
 
 def _codec() -> str:
     import av
@@ -117,22 +120,12 @@ def read_video_frames(
             out of range.
         ValueError: if both ``indices`` and ``num_frames`` are given, or ``num_frames`` < 1.
     """
-    import decord
-
     if indices is not None and num_frames is not None:
         raise ValueError("pass indices or num_frames, not both")
     if num_frames is not None and num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"video not found: {path}")
-    try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-        total = len(reader)
-    except Exception as exc:  # decord raises its own DECORDError (and RuntimeError) on bad input
-        raise DataError(f"cannot read video {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
-    if total == 0:
-        raise DataError(f"video {path} has no frames")
+    reader, total = _open_reader(path)
     if num_frames is not None:
         wanted = even_indices(total, num_frames)
     elif indices is not None:
@@ -142,6 +135,57 @@ def read_video_frames(
             raise DataError(f"video {path} has {total} frames; index {bad[0]} is out of range")
     else:
         wanted = list(range(total))
+    return _decode(reader, wanted, path)
+
+
+def frame_count(path: str | Path) -> int:
+    """Number of frames of a video, from its index (nothing is decoded).
+
+    Raises:
+        DataError: as :func:`read_video_frames`.
+    """
+    return _open_reader(Path(path))[1]
+
+
+def read_sampled_frames(path: str | Path, num_frames: int) -> tuple[list[int], np.ndarray]:
+    """``num_frames`` evenly spaced frames of a video and their indices, opening the file once.
+
+    Seeks by index (decord decodes from the nearest key frame), so a few frames of a long video
+    cost a few decodes. A video with fewer frames gives all of them.
+
+    Returns:
+        ``(indices, frames)``: frame indices in the video and uint8 ``[N, H, W, 3]`` RGB frames.
+
+    Raises:
+        DataError: as :func:`read_video_frames`.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    path = Path(path)
+    reader, total = _open_reader(path)
+    wanted = even_indices(total, num_frames)
+    return wanted, _decode(reader, wanted, path)
+
+
+def _open_reader(path: Path):
+    """(decord reader, frame count) of ``path``; DataError when missing, empty or unreadable."""
+    import decord
+
+    if not path.is_file():
+        raise DataError(f"video not found: {path}")
+    if path.stat().st_size == 0:
+        raise DataError(f"video {path} is an empty file (0 bytes)")
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        total = len(reader)
+    except Exception as exc:  # decord raises its own DECORDError (and RuntimeError) on bad input
+        raise DataError(f"cannot read video {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+    if total == 0:
+        raise DataError(f"video {path} has no frames")
+    return reader, total
+
+
+def _decode(reader, wanted: list[int], path: Path) -> np.ndarray:
     if not wanted:
         return np.zeros((0, 0, 0, 3), dtype=np.uint8)
     try:
