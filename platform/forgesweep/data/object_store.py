@@ -45,16 +45,20 @@ def is_s3(path: object) -> bool:
     return isinstance(path, str) and path.startswith(SCHEME)
 
 
-def parse_s3_uri(uri: str) -> S3Uri:
+def parse_s3_uri(uri: str, require_key: bool = True) -> S3Uri:
     """Split ``s3://bucket/key``.
 
+    Args:
+        require_key: an object URI needs a key; a storage prefix (``s3://bucket`` or
+            ``s3://bucket/prefix/``) may have none (its key is then ``""``).
+
     Raises:
-        DataError: not an s3 URI, or the bucket or key is empty.
+        DataError: not an s3 URI, or the bucket (or a required key) is empty.
     """
     if not is_s3(uri):
         raise DataError(f"not an s3:// URI: {uri!r}")
     bucket, _, key = uri[len(SCHEME):].partition("/")
-    if not bucket or not key:
+    if not bucket or (require_key and not key):
         raise DataError(f"s3 URI {uri!r} must name a bucket and a key: s3://bucket/path/to/object")
     return S3Uri(bucket, key)
 
@@ -65,13 +69,30 @@ def default_cache_root() -> Path:
     return Path(base).expanduser() / "s3"
 
 
+_loader = None
+_loader_lock = threading.Lock()
+
+
 def s3_client():
-    """A boto3 S3 client from the standard AWS chain, failing fast on unreachable endpoints."""
+    """A boto3 S3 client from the standard AWS chain, failing fast on unreachable endpoints.
+
+    Each client gets its own session: boto3's default session resolves credentials once per
+    process and keeps them, so a client made later would not see the environment as it is now.
+    The sessions share one loader of botocore's service descriptions (read once, not per client).
+    """
+    global _loader
     import boto3
+    import botocore.loaders
+    import botocore.session
     from botocore.config import Config
 
-    return boto3.client("s3", config=Config(connect_timeout=5, read_timeout=60,
-                                            retries={"max_attempts": 3, "mode": "standard"}))
+    with _loader_lock:
+        if _loader is None:
+            _loader = botocore.loaders.create_loader()
+        core = botocore.session.Session()
+        core.register_component("data_loader", _loader)
+    return boto3.session.Session(botocore_session=core).client(
+        "s3", config=Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"}))
 
 
 def describe_s3_error(exc: Exception, uri: str, client=None) -> str:
@@ -92,8 +113,10 @@ def describe_s3_error(exc: Exception, uri: str, client=None) -> str:
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        parsed = parse_s3_uri(uri)
-        if code == "NoSuchBucket":
+        parsed = parse_s3_uri(uri, require_key=False)
+        # A HEAD on a bucket has no error body: its 404 only says the bucket is missing.
+        bucket_request = getattr(exc, "operation_name", "") == "HeadBucket" or not parsed.key
+        if code == "NoSuchBucket" or (bucket_request and (code in ("404", "NotFound") or status == 404)):
             return f"{uri}: bucket {parsed.bucket!r} does not exist at {endpoint}"
         if code in ("NoSuchKey", "404", "NotFound") or status == 404:
             return f"{uri}: no object {parsed.key!r} in bucket {parsed.bucket!r} at {endpoint}"

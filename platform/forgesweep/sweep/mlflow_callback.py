@@ -50,7 +50,12 @@ class MLflowTrialCallback(Callback):
             return
         path: Optional[str] = result.get(CHECKPOINT_KEY)
         if path:
-            with Checkpoint(path).as_directory() as local:
+            # TuneReportCallback gives a path on the run's storage filesystem (``bucket/prefix/...``
+            # on S3, no scheme), which the trial's storage context holds (trials and their
+            # trainers share one storage_path); a full URI names its filesystem itself.
+            filesystem = None if "://" in path else getattr(getattr(trial, "storage", None),
+                                                            "storage_filesystem", None)
+            with Checkpoint(path, filesystem=filesystem).as_directory() as local:
                 self.logger.log_stage(trial.trial_id, result, local)
         else:
             self.logger.log_stage(trial.trial_id, result, None)

@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from forgesweep.metrics import AccuracyMatrix
 from forgesweep.tracking.plots import accuracy_heatmap
+from forgesweep.train.checkpoint import read_state
 
 MAX_PARAM_LENGTH = 6000
 
@@ -186,6 +187,8 @@ class SweepRunLogger:
                              Path(tmp) / "accuracy_matrix.png")
             self.client.log_artifacts(record.run_id, tmp)
         if checkpoint_dir is not None:
+            # Only a complete checkpoint becomes a run artifact (and so a registrable model).
+            read_state(checkpoint_dir, verify_sizes=True)
             self.client.log_artifacts(record.run_id, str(checkpoint_dir), f"checkpoints/stage-{stage}")
 
     def end_trial(self, trial_id: str, status: str) -> None:
