@@ -46,7 +46,7 @@ TOL = 1e-5
 
 def _checkpoint(root: Path, name: str, stage: int, seed: int, corrupt: bool = False) -> Path:
     cfg = load_config(REPO / "jobs" / "configs" / "default.yaml",
-                      ["model.name=rsia_lite", "model.preset=tiny", "strategy.w_hscl=0", "data.image_size=32",
+                      ["model.name=rsia_lite", "model.preset=tiny", "data.image_size=32",
                        f"data.sequence={TASKS}"])
     torch.manual_seed(seed)
     model = build_model(cfg.model.name, cfg.model.params)
@@ -373,6 +373,53 @@ def test_hot_reload_serves_the_new_version_without_dropping_requests(app, world)
     after = post(f"{url}/v1/detect", world["images"]["a.png"]).json()
     assert after["model_version"] == str(version.version)
     assert after["fake_probability"] == pytest.approx(offline(new, [world["root"] / "a.png"])[0], abs=TOL)
+
+
+def test_request_metrics_reach_prometheus_and_feed_the_serving_dashboard(app, world):
+    """Issue 8: every detection request is counted per stage in Ray's metrics endpoint
+    (``ray_forgesweep_serve_*``), and every metric the serving dashboard queries is exported."""
+    from forgesweep.observability.dashboards import (all_queries, check_queries, load_dashboards, metrics_endpoints,
+                                                     parse_exposition, parse_samples, scrape)
+
+    url, cfg = app
+    for stage, status in (("3", 200), ("7", 404), ("2", 503)):  # also when this test runs alone
+        assert post(f"{url}/v1/detect", world["images"]["a.png"], params={"stage": stage}).status_code == status
+    queries = [q for q in all_queries(load_dashboards(REPO / "dashboards" / "grafana"))
+               if q.dashboard == "forgesweep_serving.json"]
+    endpoint = metrics_endpoints()[0]
+
+    def total(samples, name, **labels):
+        return sum(s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    def checks(samples) -> dict[str, bool]:
+        answered = total(samples, "ray_forgesweep_serve_requests_total", status="200")
+        return {
+            "stage 3 answered": total(samples, "ray_forgesweep_serve_requests_total", route="/v1/detect", stage="3",
+                                      status="200") >= 1,
+            "unknown stage counted as unresolved": total(samples, "ray_forgesweep_serve_errors_total",
+                                                         stage="unresolved", code="unknown_stage") >= 1,
+            "broken stage 2 counted": total(samples, "ray_forgesweep_serve_errors_total", stage="2",
+                                            code="model_unavailable") >= 1,
+            # Every answered detection has a verdict, and every request a latency.
+            "a verdict per answer": answered == total(samples, "ray_forgesweep_serve_predictions_total"),
+            "a latency per request": total(samples, "ray_forgesweep_serve_request_latency_ms_count") ==
+            total(samples, "ray_forgesweep_serve_requests_total"),
+            "Serve's proxy saw them": total(samples, "ray_serve_num_http_requests_total", route="/v1/detect") >=
+            total(samples, "ray_forgesweep_serve_requests_total", route="/v1/detect"),
+        }
+
+    # Replicas export every 2 s in the test session (conftest); the counters settle within a few.
+    deadline = time.monotonic() + 30
+    while True:
+        text = scrape(endpoint)
+        problems = check_queries(queries, parse_exposition(text))
+        samples = [s for s in parse_samples(text) if s.labels.get("app", s.labels.get("application")) == cfg.app_name]
+        failed = [name for name, ok in checks(samples).items() if not ok]
+        if (not problems and not failed) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert not problems, "\n".join(problems)
+    assert not failed, failed
 
 
 def test_serve_shuts_down_cleanly(app):

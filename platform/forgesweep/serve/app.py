@@ -27,6 +27,10 @@ model id, so each model replica loads the new version on its next request for th
 requests already running finish on the version they started with. With several ingress
 replicas, a reload call reaches one of them; the others follow within ``registry_refresh_s``.
 
+Metrics: every detection request is counted by route, stage and status, timed, and its verdict
+counted by label (``forgesweep_serve_*`` in Ray's Prometheus endpoint, see
+:mod:`forgesweep.observability.serving` and ``dashboards/grafana/forgesweep_serving.json``).
+
 Usage::
 
     forgesweep serve                                    # jobs/configs/serve.yaml
@@ -52,6 +56,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from forgesweep.errors import UserError
+from forgesweep.observability.serving import ServingMetrics, observe_stage, observed
 from forgesweep.serve.catalog import StageCatalog, StageEntry, read_stages
 from forgesweep.serve.config import ServeConfig, load_serve_config, validate_serve_config
 from forgesweep.serve.errors import RequestError, root_cause
@@ -106,6 +111,8 @@ class DetectorIngress:
     def __init__(self, models: DeploymentHandle, config: dict[str, Any]) -> None:
         self.cfg = validate_serve_config(config)
         self.models = models
+        # Per request: count, latency, errors and verdicts by stage (forgesweep.observability).
+        self.metrics = ServingMetrics(self.cfg.app_name)
         self.catalog = StageCatalog(MlflowClient(tracking_uri=self.cfg.tracking_uri),
                                     self.cfg.registered_model, self.cfg.default_stage, self.cfg.registry_refresh_s)
         self._specs: dict[str, ModelSpec] = {}
@@ -204,6 +211,7 @@ class DetectorIngress:
 
     async def _resolve(self, request_stage: Optional[str]) -> tuple[StageEntry, ModelSpec]:
         entry = (await self._current_catalog()).resolve(request_stage)
+        observe_stage(entry.stage)  # before loading: a stage whose model fails is counted as that stage
         spec = await self._spec(entry)
         return entry, spec
 
@@ -224,6 +232,7 @@ class DetectorIngress:
     # -- routes --------------------------------------------------------------------------------
     @api.post("/v1/detect", response_model=DetectResponse, responses=_ERRORS, openapi_extra=_body_doc("image"),
               summary="Score one image")
+    @observed("/v1/detect")
     async def detect(self, request: Request, stage: Optional[str] = _STAGE_QUERY,
                      x_forgesweep_stage: Optional[str] = _STAGE_HEADER) -> dict[str, Any]:
         """Fake probability of one face image, from the model of the requested stage."""
@@ -244,6 +253,7 @@ class DetectorIngress:
 
     @api.post("/v1/detect/video", response_model=VideoDetectResponse, responses=_ERRORS,
               openapi_extra=_body_doc("video"), summary="Score a video")
+    @observed("/v1/detect/video")
     async def detect_video(self, request: Request, stage: Optional[str] = _STAGE_QUERY,
                            x_forgesweep_stage: Optional[str] = _STAGE_HEADER) -> dict[str, Any]:
         """Sample frames with decord, score them in one call, aggregate to a video probability."""

@@ -64,7 +64,7 @@ def accuracy_heatmap(matrix: AccuracyMatrix, task_names: Sequence[str], title: s
 
     ax.set_xticks(range(n), labels=[f"test on {name}" for name in names],
                   rotation=45, ha="right", rotation_mode="anchor")
-    ax.set_yticks(range(n), labels=[f"after stage {k}: {name}" for k, name in enumerate(names)])
+    ax.set_yticks(range(n), labels=[f"after stage {k}: {name}" for k, name in enumerate(names, start=1)])
     ax.set_title(title)
     # Thin white grid between cells.
     ax.set_xticks(np.arange(-0.5, n, 1.0), minor=True)

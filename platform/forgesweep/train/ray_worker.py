@@ -7,6 +7,10 @@ With ``loop_config["trace_dir"]`` set, every worker also writes a :class:`Worker
 the sample ids of every training batch it drew and its weights at the end of every stage. It
 exists to check data-parallel training (each rank sees its own shard of every epoch; DDP keeps
 the ranks' weights identical); it costs one JSON line per epoch and one weights file per stage.
+
+Every worker also records the project's training metrics through Ray's metrics API
+(:mod:`forgesweep.observability.training`): samples/s, current stage and epoch per worker,
+and, on rank 0, each stage's ACC/AUC, forgetting and replay buffer size.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from torch.utils.data import DataLoader
 
 from forgesweep.config import validate_config
 from forgesweep.models import Detector, unwrap_model
+from forgesweep.observability.training import TrainingMetrics
+from forgesweep.train.checkpoint import read_state
 from forgesweep.train.loop import run_continual
 
 
@@ -92,9 +98,12 @@ class RayTrainContext:
 
     Args:
         trace_dir: when given, write a :class:`WorkerTrace` of this worker there.
+        model_name: ``model.name``, a tag of this worker's metrics.
+        strategy_name: ``strategy.name``, a tag of this worker's metrics.
     """
 
-    def __init__(self, trace_dir: Optional[str] = None) -> None:
+    def __init__(self, trace_dir: Optional[str] = None, model_name: str = "unknown",
+                 strategy_name: str = "unknown") -> None:
         ctx = ray.train.get_context()
         self.world_rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
@@ -103,6 +112,7 @@ class RayTrainContext:
         self._restored_dir: Optional[Path] = None
         self._trace = WorkerTrace(trace_dir, self.world_rank) if trace_dir else None
         self._model: Optional[nn.Module] = None
+        self.metrics = TrainingMetrics(ctx.get_experiment_name(), model_name, strategy_name, self.world_rank)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         # 2. Moves the model to the device and wraps it in DDP when there are several workers.
@@ -119,7 +129,9 @@ class RayTrainContext:
     def prepare_loader(self, loader: DataLoader) -> DataLoader:
         # 3. Adds a DistributedSampler so each worker sees its shard of every epoch.
         prepared = ray.train.torch.prepare_data_loader(loader)
-        return self._trace.wrap(prepared) if self._trace is not None else prepared
+        traced = self._trace.wrap(prepared) if self._trace is not None else prepared
+        # The loop prepares one loader per stage: its passes are the stage's epochs.
+        return self.metrics.wrap_loader(traced)
 
     def latest_checkpoint(self) -> Optional[Path]:
         # 4. After a worker failure, Ray restarts the group with the last reported checkpoint.
@@ -128,11 +140,13 @@ class RayTrainContext:
             return None
         self._restored_dir = Path(tempfile.mkdtemp(prefix="forgesweep-restore-"))
         checkpoint.to_directory(str(self._restored_dir))
+        self.metrics.resumed_after(int(read_state(self._restored_dir)["stage"]))
         return self._restored_dir
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Optional[Path]) -> None:
         if self._trace is not None and self._model is not None:
             self._trace.save_weights(int(metrics["stage"]), self._model)
+        self.metrics.stage_reported(metrics)
         # 5. Every worker reports (it is a barrier); only rank 0 hands over a checkpoint.
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         try:
@@ -147,4 +161,4 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ``loop_config["trace_dir"]`` (optional) turns on the :class:`WorkerTrace`."""
     cfg = validate_config(loop_config["experiment"])
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
-    run_continual(cfg, RayTrainContext(loop_config.get("trace_dir")))
+    run_continual(cfg, RayTrainContext(loop_config.get("trace_dir"), cfg.model.name, cfg.strategy.name))
