@@ -326,6 +326,10 @@ def ray_head(request) -> Iterator[RayHead]:
                 "RAY_API_SERVER_ADDRESS": None,
                 "DASHBOARD_METRIC_PORT": str(dashboard_metric_port),
                 "AUTOSCALER_METRIC_PORT": str(autoscaler_metric_port),
+                # Every process exports its metrics every 2 s (default 10 s), so the metrics
+                # tests see a short run's gauges while its workers are alive (a dead worker's
+                # gauges leave the endpoint after two export intervals).
+                "RAY_metrics_report_interval_ms": "2000",
                 _MARKER_VAR: marker,
             },
         )
