@@ -164,6 +164,29 @@ class TrainConfig(_Strict):
     max_failures: int = Field(0, ge=-1, description="restarts from the latest stage checkpoint; -1 = forever")
     storage_path: str = Field("forgesweep_runs", description="Ray storage for checkpoints (local dir or s3://)")
     deterministic: bool = Field(False, description="torch deterministic algorithms (slower)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="autocast dtype of forward passes: auto = bf16 on CUDA, fp32 on CPU")
+    channels_last: Union[bool, Literal["auto"]] = Field(
+        "auto", description="channels-last memory format for models with convolutions; auto = on CUDA only")
+
+
+class FeatureCacheConfig(_Strict):
+    """Frozen-feature cache (``forgesweep.features``): a frozen tower's features computed once.
+
+    With ``cache: true`` and a model that declares a frozen tower (``rine_ssca``'s CLIP), a
+    sweep extracts the tower's features of every sample before its trials start (a parallel
+    Ray job) and every trial trains the rest of the model on them, never running the tower.
+    """
+
+    cache: bool = Field(False, description="compute frozen-tower features once and train on them")
+    root: str = Field("forgesweep_features", description="cache folder: a local dir or s3://bucket/prefix")
+    views: Literal["auto", "identity", "identity+hflip"] = Field(
+        "auto", description="cached views per sample; auto = identity+hflip when data.horizontal_flip")
+    dtype: Literal["float32", "float16"] = Field("float32", description="storage dtype of cached features")
+    shard_size: int = Field(256, ge=1, le=1_000_000, description="samples per shard file (one Ray task each)")
+    batch_size: int = Field(64, ge=1, le=65536, description="frames per tower forward pass while extracting")
+    cpus_per_task: float = Field(1.0, gt=0, le=256, description="CPUs of each extraction task")
+    gpus_per_task: float = Field(0.0, ge=0, le=8, description="GPUs of each extraction task (0: CPU)")
 
 
 class ParamSpace(_Strict):
@@ -207,8 +230,21 @@ class SweepConfig(_Strict):
     mode: Literal["max", "min"] = "max"
     seed: Optional[int] = Field(0, description="Optuna sampler seed (None = random)")
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
-    space: dict[str, ParamSpace] = Field(default_factory=dict)
+    space: dict[str, ParamSpace] = Field(
+        default_factory=dict, description="dotted key -> dimension; `key: null` drops a dimension inherited "
+                                          "through `extends`")
     optuna_storage: Optional[str] = Field(None, description="Optuna RDB URL to persist the study")
+    trial_executor: Literal["auto", "torch_trainer", "in_trial"] = Field(
+        "auto", description="how a trial trains: a TorchTrainer (any workers) or in the trial's own process "
+                            "(one worker); auto = in_trial for single-worker runs with features.cache")
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _drop_nulled_dimensions(cls, value: Any) -> Any:
+        # A config that extends another removes an inherited dimension by setting it to null.
+        if isinstance(value, Mapping):
+            return {k: v for k, v in value.items() if v is not None}
+        return value
 
 
 class TrackingConfig(_Strict):
@@ -217,7 +253,8 @@ class TrackingConfig(_Strict):
     tracking_uri: Optional[str] = Field(
         None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns/mlflow.db")
     artifact_location: Optional[str] = Field(
-        None, description="artifact root of a new experiment; default <cwd>/mlruns/artifacts")
+        None, description="artifact root of a new experiment; default <cwd>/mlruns/artifacts "
+                          "(with an http(s) tracking_uri: the server's own)")
     experiment: str = Field("forgesweep-cffd", min_length=1)
     registered_model: str = Field("cffd-synthetic", min_length=1)
     register_models: bool = Field(True, description="register the best trial's stage models with stage-k aliases")
@@ -229,9 +266,15 @@ class TrackingConfig(_Strict):
             return uri
         return f"sqlite:///{Path('mlruns').resolve() / 'mlflow.db'}"
 
-    def resolved_artifact_location(self) -> str:
-        """Artifact root for a newly created experiment."""
-        return self.artifact_location or str(Path("mlruns").resolve() / "artifacts")
+    def resolved_artifact_location(self) -> Optional[str]:
+        """Artifact root for a newly created experiment; ``None`` leaves it to a tracking server
+        (its ``--artifacts-destination`` / ``--default-artifact-root``), whose clients may run
+        on other machines than this one's ``mlruns/``."""
+        if self.artifact_location:
+            return self.artifact_location
+        if self.resolved_tracking_uri().startswith(("http://", "https://")):
+            return None
+        return str(Path("mlruns").resolve() / "artifacts")
 
 
 class MatrixConfig(_Strict):
@@ -272,6 +315,7 @@ class ExperimentConfig(_Strict):
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     matrix: MatrixConfig = Field(default_factory=MatrixConfig)
+    features: FeatureCacheConfig = Field(default_factory=FeatureCacheConfig)
 
     @model_validator(mode="after")
     def _strategy_features_exist(self) -> "ExperimentConfig":
@@ -282,7 +326,10 @@ class ExperimentConfig(_Strict):
         available = MODELS.get(self.model.name).feature_names_for(self.model.params)
         missing = [name for name in wanted if name not in available]
         if missing:
-            raise ConfigError(f"strategy.feature_layers: {missing[0]!r} is not a feature of model "
+            layers = getattr(self.strategy.params, "feature_layers", [])
+            field = ("strategy.feature_layers" if missing[0] in layers
+                     else "strategy.domain_pairs (used by w_hscl / w_domain > 0)")
+            raise ConfigError(f"{field}: {missing[0]!r} is not a feature of model "
                               f"{self.model.name!r}; its features: {', '.join(available)}")
         return self
 
@@ -302,6 +349,8 @@ class ExperimentConfig(_Strict):
             data["data"]["manifest"] = str(Path(self.data.manifest).resolve())
         if "://" not in self.train.storage_path:
             data["train"]["storage_path"] = str(Path(self.train.storage_path).resolve())
+        if "://" not in self.features.root:
+            data["features"]["root"] = str(Path(self.features.root).resolve())
         data["tracking"]["tracking_uri"] = self.tracking.resolved_tracking_uri()
         data["tracking"]["artifact_location"] = self.tracking.resolved_artifact_location()
         return validate_config(data)

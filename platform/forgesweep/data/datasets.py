@@ -6,7 +6,7 @@ decoded once per process and kept as uint8 (64x64x3 = 12 KiB a frame).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -14,6 +14,9 @@ from torch.utils.data import Dataset
 from forgesweep.data.manifest import Manifest, ManifestRow
 from forgesweep.data.object_store import is_s3, local_path, shared_cache
 from forgesweep.data.preprocess import load_image, load_mask, to_model_input
+from forgesweep.errors import DataError
+from forgesweep.features.packed import HFLIP_VIEW, IDENTITY_VIEW, pack_inputs
+from forgesweep.features.table import FeatureTable
 
 
 class FrameCache:
@@ -66,16 +69,23 @@ class FrameDataset(Dataset):
     All frames are decoded when the dataset is built, so an unreadable frame fails before
     training starts rather than in the middle of an epoch.
 
+    With ``features`` (a :class:`~forgesweep.features.table.FeatureTable` of the model's cached
+    frozen-tower features), ``images`` is the packed heads-only input
+    (:func:`~forgesweep.features.packed.pack_inputs`): the image plus its cached features, of the
+    flipped view when the image was flipped and that view is cached (else the identity view).
+    The flip draws are the same with or without features, so both see the same flips.
+
     Args:
         rows: manifest rows, in order.
         cache: the process's frame cache.
         horizontal_flip: flip each sample with probability 1/2 (training only).
         seed: seeds the flip generator, so runs repeat.
         with_masks: also load manipulation masks.
+        features: cached frozen-tower features of every row (None: plain images).
     """
 
     def __init__(self, rows: Sequence[ManifestRow], cache: FrameCache, horizontal_flip: bool = False,
-                 seed: int = 0, with_masks: bool = False) -> None:
+                 seed: int = 0, with_masks: bool = False, features: Optional[FeatureTable] = None) -> None:
         self.rows = list(rows)
         self.frames = cache.stack(self.rows)
         self.masks: list[tuple[torch.Tensor, bool]] | None = (
@@ -83,6 +93,11 @@ class FrameDataset(Dataset):
         self.labels = torch.tensor([r.label for r in self.rows], dtype=torch.long)
         self.horizontal_flip = horizontal_flip
         self._generator = torch.Generator().manual_seed(seed)
+        self.features = features
+        if features is not None:
+            absent = [r.key for r in self.rows if r.key not in features]
+            if absent:  # fail before training, not in the middle of an epoch
+                raise DataError(f"feature cache: {len(absent)} samples have no cached features, e.g. {absent[0]!r}")
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -92,7 +107,12 @@ class FrameDataset(Dataset):
         flip = self.horizontal_flip and torch.rand((), generator=self._generator).item() < 0.5
         if flip:
             image = image.flip(-1)
-        sample = {"images": to_model_input(image), "labels": self.labels[index], "keys": self.rows[index].key}
+        key = self.rows[index].key
+        pixels = to_model_input(image)
+        if self.features is not None:
+            view = HFLIP_VIEW if flip and self.features.has_view(HFLIP_VIEW) else IDENTITY_VIEW
+            pixels = pack_inputs(pixels, self.features.get(key, view))
+        sample = {"images": pixels, "labels": self.labels[index], "keys": key}
         if self.masks is not None:
             mask, valid = self.masks[index]
             sample["masks"] = (mask.flip(-1) if flip else mask).float()

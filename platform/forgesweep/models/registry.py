@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from forgesweep.errors import ConfigError, describe_validation_error
+from forgesweep.features.packed import FrozenFeatureSpec
 from forgesweep.models.output import DetectorOutput
 from forgesweep.registry import Registry
 
@@ -103,6 +104,27 @@ class Detector(nn.Module):
 
     def after_optimizer_step(self) -> None:
         """Called after every optimiser step (e.g. momentum encoders, memory queues)."""
+
+    def frozen_feature_spec(self) -> Optional[FrozenFeatureSpec]:
+        """The frozen tower whose features can be computed once and cached, or None (default).
+
+        A model that returns a spec also implements :meth:`extract_frozen_features`, and its
+        ``forward`` then accepts, in place of images, the packed heads-only input
+        ``forgesweep.features.packed.pack_inputs(images, cached)`` where ``cached`` holds the
+        features of ``spec.layers`` for ``spec.variant``: the frozen tower does not run, the
+        rest of the model (branches that need pixels included) runs as usual and gives the same
+        output within float tolerance.
+        """
+        return None
+
+    def extract_frozen_features(self, images: torch.Tensor, variants: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The frozen tower's features of ``images`` (the model's input format), no grad.
+
+        Returns:
+            ``{variant: [B, spec.num_layers, spec.dim]}`` for each requested variant, from one
+            pass of the tower: every layer, so any layer subset is a slice.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no frozen features to cache")
 
     @classmethod
     def feature_names_for(cls, params: BaseModel) -> list[str]:

@@ -50,6 +50,13 @@ Design choices the seed left open:
 * Non-square inputs are resized to CLIP's square size (squashed, not cropped): the dataset already
   delivers square face crops.
 
+Frozen-feature cache (``features.cache: true``, :mod:`forgesweep.features`): the CLIP tower is
+frozen, so :meth:`RINESSCA.frozen_feature_spec` declares it and :meth:`RINESSCA.extract_frozen_features`
+gives the CLS tokens of *every* block for both activations in one pass; a sweep computes them once
+and every trial slices its ``use_layers``. ``forward`` then receives the packed heads-only input
+(pixels plus cached tokens) and skips CLIP; the SSCA branch still needs the pixels, which is why
+they travel with the tokens.
+
 Named features (``DetectorOutput.features``): ``clip_layer{i}`` (block i's projected CLS token,
 ``[B, proj_dim]``), ``rine`` (Q2 output), ``ssca_stem``, ``ssca_dct``, ``ssca_attention`` (the SSCA
 maps), ``fused`` (the representation after the gated MLP, ``[B, embed_dim]``).
@@ -58,15 +65,17 @@ maps), ``fused`` (the representation after the gated MLP, ``[B, embed_dim]``).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, Literal, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from forgesweep.errors import ConfigError
+from forgesweep.errors import ConfigError, DataError
+from forgesweep.features.key import tower_digest, weights_digest
+from forgesweep.features.packed import FrozenFeatureSpec, is_packed, unpack_inputs
 from forgesweep.losses import supervised_contrastive
 from forgesweep.models.hf_backbones import load_hf_backbone
 from forgesweep.models.output import DetectorOutput
@@ -83,6 +92,11 @@ from forgesweep.models.rine_ssca_blocks import (
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SSCA_FEATURES = ("rine", "ssca_stem", "ssca_dct", "ssca_attention", "fused")
+CLIP_ACTIVATIONS = ("layer_norm2", "block_output")
+# CLIPVisionConfig fields that change what the tower computes in eval mode (its cache identity;
+# the weights themselves are hashed separately).
+_TOWER_CONFIG_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                        "num_channels", "image_size", "patch_size", "hidden_act", "layer_norm_eps")
 
 
 class RINESSCAParams(BaseModel):
@@ -123,6 +137,15 @@ class RINESSCAParams(BaseModel):
     fusion_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout in the fusion and gated MLP")
     supcon_weight: float = Field(0.1, ge=0.0, le=100.0, description="xi: weight of the SupCon term")
     supcon_temperature: float = Field(0.07, gt=0.0, le=10.0, description="temperature of the SupCon term")
+    save_tower: bool = Field(True, description="keep the frozen CLIP weights in checkpoints; false (pretrained "
+                                               "only): keep its SHA-256, re-read backbone when loading")
+
+    @model_validator(mode="after")
+    def _tower_source_when_not_saved(self) -> "RINESSCAParams":
+        if not self.save_tower and not self.pretrained:
+            raise ValueError("save_tower: false needs pretrained: true (random CLIP weights cannot be re-read "
+                             "from backbone when a checkpoint is loaded)")
+        return self
 
     @field_validator("clip_std")
     @classmethod
@@ -205,6 +228,31 @@ def _mlp(in_dim: int, out_dim: int, depth: int, dropout: float, leading_dropout:
     return nn.Sequential(*layers)
 
 
+def _drop_tower_weights(module: "RINESSCA", state: dict, prefix: str, _meta: Any) -> None:
+    """State-dict post-hook (``save_tower: false``): leave the frozen CLIP weights out."""
+    for key in [k for k in state if k.startswith(prefix + "clip.")]:
+        del state[key]
+
+
+def _restore_tower_weights(module: "RINESSCA", state: dict, prefix: str, *_args: Any) -> None:
+    """Load-state-dict pre-hook (``save_tower: false``): check the tower digest, fill in its weights.
+
+    Raises:
+        DataError: the checkpoint was trained on a tower whose weights differ from ``backbone``'s now.
+    """
+    tower = {k[len(prefix) + 5:]: v for k, v in state.items() if k.startswith(prefix + "clip.")}
+    if tower:  # a checkpoint that carries the weights (saved with save_tower: true): they are the tower
+        state[prefix + "tower_sha256"] = torch.tensor(list(bytes.fromhex(weights_digest(tower))), dtype=torch.uint8)
+        return
+    saved = state.get(prefix + "tower_sha256")
+    if saved is not None and not torch.equal(saved.to(module.tower_sha256.device), module.tower_sha256):
+        raise DataError(f"checkpoint: its CLIP tower (SHA-256 {bytes(saved.tolist()).hex()[:16]}...) differs from "
+                        f"the weights in model.backbone {module.params.backbone!r} "
+                        f"({bytes(module.tower_sha256.tolist()).hex()[:16]}...)")
+    for key, value in module.clip.state_dict().items():
+        state.setdefault(f"{prefix}clip.{key}", value)
+
+
 @register_model("rine_ssca")
 class RINESSCA(Detector):
     """Frozen-CLIP RINE branch + SSCA branch, fused by cross-attention; see the module docstring."""
@@ -239,6 +287,13 @@ class RINESSCA(Detector):
         self.clip.requires_grad_(False)
         self.clip.eval()
         self.layers = p.layers()
+        if not p.save_tower:
+            # Checkpoints then hold the trained parts and this digest instead of 300M frozen weights
+            # (every stage of every trial of a sweep would copy them); loading checks the re-read tower.
+            digest = bytes.fromhex(tower_digest(self.clip))
+            self.register_buffer("tower_sha256", torch.tensor(list(digest), dtype=torch.uint8))
+            self.register_state_dict_post_hook(_drop_tower_weights)
+            self.register_load_state_dict_pre_hook(_restore_tower_weights)
         self.register_buffer("clip_mean", torch.tensor(p.clip_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("clip_std", torch.tensor(p.clip_std).view(1, 3, 1, 1), persistent=False)
 
@@ -293,28 +348,65 @@ class RINESSCA(Detector):
 
     def clip_cls_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """CLS token of every used block's chosen activation, ``[B, len(layers), hidden]`` (no grad)."""
+        activation = self.params.clip_activation
+        return self._tower_tokens(pixels, (activation,), self.layers)[activation]
+
+    def _tower_tokens(self, pixels: torch.Tensor, activations: Sequence[str],
+                      layers: Sequence[int]) -> dict[str, torch.Tensor]:
+        """One no-grad pass of the tower: ``{activation: [B, len(layers), hidden]}`` CLS tokens.
+
+        The full forward and the feature cache both come through here, so a cached token is the
+        very computation the full forward would make.
+        """
         dtype = next(self.clip.parameters()).dtype
+        out: dict[str, torch.Tensor] = {}
+        blocks = self._encoder_layers()
+        captured: dict[int, torch.Tensor] = {}
+        handles = []
+        if "layer_norm2" in activations:
+            # Hooks live only for this call, so copies of the model (teachers) never share them.
+            handles = [blocks[i].layer_norm2.register_forward_hook(
+                lambda _m, _in, res, i=i: captured.__setitem__(i, res[:, 0])) for i in layers]
         with torch.no_grad():
-            if self.params.clip_activation == "block_output":
-                states = self.clip(pixel_values=pixels.to(dtype), output_hidden_states=True).hidden_states
+            try:
+                result = self.clip(pixel_values=pixels.to(dtype), output_hidden_states="block_output" in activations)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            if "block_output" in activations:
+                states = result.hidden_states
                 # states[0] is the embedding output; states[i + 1] is block i's output.
-                if len(states) != len(self._encoder_layers()) + 1:
-                    raise RuntimeError(f"CLIP returned {len(states)} hidden states for "
-                                       f"{len(self._encoder_layers())} blocks")
-                tokens = [states[i + 1][:, 0] for i in self.layers]
-            else:
-                captured: dict[int, torch.Tensor] = {}
-                blocks = self._encoder_layers()
-                # Hooks live only for this call, so copies of the model (teachers) never share them.
-                handles = [blocks[i].layer_norm2.register_forward_hook(
-                    lambda _m, _in, out, i=i: captured.__setitem__(i, out[:, 0])) for i in self.layers]
-                try:
-                    self.clip(pixel_values=pixels.to(dtype))
-                finally:
-                    for handle in handles:
-                        handle.remove()
-                tokens = [captured[i] for i in self.layers]
-        return torch.stack(tokens, dim=1).to(pixels.dtype)
+                if len(states) != len(blocks) + 1:
+                    raise RuntimeError(f"CLIP returned {len(states)} hidden states for {len(blocks)} blocks")
+                out["block_output"] = torch.stack([states[i + 1][:, 0] for i in layers], dim=1).to(pixels.dtype)
+            if "layer_norm2" in activations:
+                out["layer_norm2"] = torch.stack([captured[i] for i in layers], dim=1).to(pixels.dtype)
+        return out
+
+    def frozen_feature_spec(self) -> FrozenFeatureSpec:
+        """The CLIP tower: per-block CLS tokens of both activations, every block cached."""
+        cfg = self.clip.config
+        identity = {"tower": "transformers.CLIPVisionModel",
+                    "dtype": str(next(self.clip.parameters()).dtype).removeprefix("torch."),
+                    **{name: getattr(cfg, name) for name in _TOWER_CONFIG_FIELDS}}
+        preprocessing = {"input": "images in [-1, 1]", "resize": "bicubic antialias to image_size when different",
+                         "image_size": cfg.image_size, "mean": list(self.params.clip_mean),
+                         "std": list(self.params.clip_std)}
+        return FrozenFeatureSpec(tower=self.clip, identity=identity, preprocessing=preprocessing,
+                                 variants=CLIP_ACTIVATIONS, variant=self.params.clip_activation,
+                                 variant_field="clip_activation", num_layers=self.params.clip_num_layers,
+                                 dim=self.params.clip_hidden_size, layers=tuple(self.layers),
+                                 tower_fields=("backbone", "pretrained", "clip_hidden_size", "clip_num_layers",
+                                               "clip_num_heads", "clip_intermediate_size", "clip_patch_size",
+                                               "clip_image_size", "clip_mean", "clip_std"))
+
+    def extract_frozen_features(self, images: torch.Tensor, variants: Sequence[str]) -> dict[str, torch.Tensor]:
+        """CLS tokens of every CLIP block for each requested activation, ``[B, blocks, hidden]``."""
+        unknown = [v for v in variants if v not in CLIP_ACTIVATIONS]
+        if unknown or not variants:
+            raise ValueError(f"rine_ssca: unknown feature variant(s) {unknown or list(variants)}; "
+                             f"known: {', '.join(CLIP_ACTIVATIONS)}")
+        return self._tower_tokens(self.clip_pixels(images), tuple(variants), range(self.params.clip_num_layers))
 
     def _project(self, cls_tokens: torch.Tensor) -> torch.Tensor:
         if isinstance(self.proj1, nn.ModuleList):
@@ -322,13 +414,19 @@ class RINESSCA(Detector):
         return self.proj1(cls_tokens)
 
     def forward(self, images: torch.Tensor) -> DetectorOutput:
+        """``images`` ``[B, 3, H, W]`` in [-1, 1], or a packed heads-only batch (images plus the cached
+        CLS tokens of ``use_layers``, see :meth:`frozen_feature_spec`): then CLIP does not run."""
+        cached = None
+        if is_packed(images):
+            images, cached = unpack_inputs(images, len(self.layers), self.params.clip_hidden_size)
         h, w = images.shape[-2:]
         step = 2 * self.params.dct_block
         if h % step or w % step:
             raise ValueError(f"rine_ssca: image size {h}x{w} is not a multiple of {step} (2 x dct_block)")
         features: "OrderedDict[str, torch.Tensor]" = OrderedDict()
 
-        tokens = self._project(self.clip_cls_tokens(self.clip_pixels(images)))  # B L d
+        clip_tokens = self.clip_cls_tokens(self.clip_pixels(images)) if cached is None else cached
+        tokens = self._project(clip_tokens)  # B L d
         for k, i in enumerate(self.layers):
             features[f"clip_layer{i}"] = tokens[:, k]
         rine = self.q2(self.importance(tokens))

@@ -4,7 +4,9 @@ Order of work (bad input fails in the first two steps, before anything is writte
 
 1. validate the config and the search space; build the model and strategy once as a check;
 2. prepare the data (generate the synthetic benchmark if needed, validate the manifest);
-3. connect to Ray, open the MLflow parent run, run the Tuner;
+3. connect to Ray; with ``features.cache``, fill the frozen-feature cache (a parallel Ray job,
+   once for the whole sweep: every trial then trains heads only); open the MLflow parent run,
+   run the Tuner (ASHA stops weak trials after ``grace_period`` stages);
 4. pick the best trial among those that finished every stage, register its stage-k checkpoints
    as versions of one registered model with aliases ``stage-k``;
 5. print the summary table and the command that opens the MLflow UI.
@@ -46,6 +48,7 @@ class SweepOutcome:
     registered_model: Optional[str]
     versions: list[Any]
     seconds: float
+    features: Optional[Any] = None  # forgesweep.features.ray_job.CacheReport when features.cache
 
 
 def preflight(cfg: ExperimentConfig, search_space: bool = True) -> None:
@@ -54,9 +57,19 @@ def preflight(cfg: ExperimentConfig, search_space: bool = True) -> None:
         check_search_space(cfg)
     build_model(cfg.model.name, cfg.model.params)
     build_strategy(cfg.strategy.name, cfg.strategy.params)
+    if cfg.sweep.trial_executor == "in_trial" and cfg.train.num_workers != 1:
+        raise ConfigError(f"config error: sweep.trial_executor: in_trial runs one worker per trial, but "
+                          f"train.num_workers is {cfg.train.num_workers}; use torch_trainer (or auto)")
     if cfg.sweep.scheduler.type == "asha" and cfg.sweep.scheduler.grace_period > len(cfg.data.sequence):
         raise ConfigError(f"config error: sweep.scheduler.grace_period ({cfg.sweep.scheduler.grace_period}) "
                           f"exceeds the number of tasks ({len(cfg.data.sequence)})")
+    # Remote stores (S3 checkpoints, an MLflow server and its artifact root) are checked now,
+    # not minutes later inside a trial.
+    from forgesweep.tracking.server_check import check_tracking_store
+    from forgesweep.train.storage import check_storage_path
+
+    check_storage_path(storage_path(cfg))
+    check_tracking_store(cfg.tracking.resolved_tracking_uri(), cfg.tracking.resolved_artifact_location())
 
 
 def unique_sweep_name(cfg: ExperimentConfig) -> str:
@@ -85,6 +98,50 @@ def select_best(trials: dict[str, TrialRecord], num_tasks: int, metric: str, mod
     return max(complete, key=lambda t: sign * t.stages[num_tasks][metric])
 
 
+def make_scheduler(cfg: ExperimentConfig, num_tasks: int):
+    """The early-stopping scheduler of ``sweep.scheduler`` (None for ``type: none``).
+
+    ASHA counts ``training_iteration``, i.e. stage reports: a trial reaches rung ``r`` after
+    ``grace_period * reduction_factor**k`` stages and continues only if its ``sweep.metric``
+    there is in the top ``1 / reduction_factor`` of the trials that reached that rung.
+    """
+    from ray.tune.schedulers import ASHAScheduler
+
+    s = cfg.sweep.scheduler
+    if s.type == "none":
+        return None
+    return ASHAScheduler(time_attr="training_iteration", max_t=num_tasks, grace_period=s.grace_period,
+                         reduction_factor=s.reduction_factor)
+
+
+def trial_in_process(cfg: ExperimentConfig) -> bool:
+    """Whether trials train in their own process (``sweep.trial_executor``; ``auto``: single-worker
+    runs with ``features.cache``, whose short head-only trials would mostly wait for actors)."""
+    if cfg.sweep.trial_executor == "auto":
+        return cfg.train.num_workers == 1 and cfg.features.cache
+    return cfg.sweep.trial_executor == "in_trial"
+
+
+def trial_resources(cfg: ExperimentConfig, use_gpu: bool = False) -> dict[str, float]:
+    """What each trial asks Tune for (``tune.with_resources``).
+
+    * In-process trials hold the run's resources themselves: ``train.cpus_per_worker`` CPUs and,
+      with GPUs, ``train.gpus_per_worker`` GPUs -- fractions allowed, so with
+      ``gpus_per_worker: 0.25`` four head-only trials share one GPU.
+    * ``TorchTrainer`` trials: the driver only waits on its trainer, whose workers request those
+      same per-worker resources (``ScalingConfig``); the driver itself asks for no CPU and a
+      token amount of memory, so every core goes to the workers.
+
+    ``sweep.max_concurrent_trials`` bounds how many trials hold resources at once.
+    """
+    if trial_in_process(cfg):
+        resources = {"CPU": cfg.train.cpus_per_worker}
+        if use_gpu:
+            resources["GPU"] = cfg.train.gpus_per_worker
+        return resources
+    return {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY}
+
+
 def run_sweep(cfg: ExperimentConfig, echo: Callable[[str], None] = echo_stdout) -> SweepOutcome:
     """Run the sweep described by ``cfg`` end to end (see the module docstring).
 
@@ -95,7 +152,6 @@ def run_sweep(cfg: ExperimentConfig, echo: Callable[[str], None] = echo_stdout) 
     import ray
     from optuna.samplers import TPESampler
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     from forgesweep.sweep.trial import run_trial
@@ -106,11 +162,17 @@ def run_sweep(cfg: ExperimentConfig, echo: Callable[[str], None] = echo_stdout) 
     cfg = cfg.with_absolute_paths()
     preflight(cfg)
     sweep_name = unique_sweep_name(cfg)
-    _, tasks = prepare_data(cfg, echo)
+    manifest, tasks = prepare_data(cfg, echo)
     task_names = [t.name for t in tasks]
 
     echo(f"[ray] {connect_ray()}")
     use_gpu = resolve_use_gpu(cfg)
+    cache_report = None
+    if cfg.features.cache:
+        from forgesweep.features.ray_job import prepare_sweep_cache
+
+        cache_report = prepare_sweep_cache(cfg, manifest, tasks, use_gpu)
+        echo(cache_report.line)
     tracking_uri = cfg.tracking.resolved_tracking_uri()
     client = open_client(tracking_uri)
     experiment_id = ensure_experiment(client, cfg.tracking.experiment, cfg.tracking.resolved_artifact_location())
@@ -122,21 +184,28 @@ def run_sweep(cfg: ExperimentConfig, echo: Callable[[str], None] = echo_stdout) 
     s = cfg.sweep
     search = OptunaSearch(sampler=TPESampler(seed=s.seed), storage=_optuna_storage(s.optuna_storage),
                           study_name=sweep_name if s.optuna_storage else None)
-    scheduler = None
-    if s.scheduler.type == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=len(tasks),
-                                  grace_period=s.scheduler.grace_period, reduction_factor=s.scheduler.reduction_factor)
-    trainable = tune.with_parameters(run_trial, base_config=base, sweep_name=sweep_name, use_gpu=use_gpu)
-    # The trial driver only waits on its TorchTrainer: it holds no CPU (a token amount of memory
-    # makes the request valid), so every core goes to the Ray Train workers.
-    trainable = tune.with_resources(trainable, {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY})
+    scheduler = make_scheduler(cfg, len(tasks))
+    in_trial = trial_in_process(cfg)
+    trainable = tune.with_parameters(run_trial, base_config=base, sweep_name=sweep_name, use_gpu=use_gpu,
+                                     in_trial=in_trial)
+    resources = trial_resources(cfg, use_gpu)
+    trainable = tune.with_resources(trainable, resources)
+    workers = (f" plus {cfg.train.num_workers} worker(s) of {cfg.train.cpus_per_worker} CPU"
+               + (f" and {cfg.train.gpus_per_worker} GPU" if use_gpu else ""))
+    echo(f"[sweep] trials train {'in their own process' if in_trial else 'in a TorchTrainer'}; each asks Tune for "
+         f"{resources}" + ("" if in_trial else workers))
     tuner = tune.Tuner(
         trainable,
         param_space=tune_space(s.space),
         tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, search_alg=search, scheduler=scheduler,
-                                    num_samples=s.num_samples, max_concurrent_trials=s.max_concurrent_trials),
+                                    num_samples=s.num_samples, max_concurrent_trials=s.max_concurrent_trials,
+                                    # In-process trials: the next trial reuses a finished trial's warm
+                                    # process (imports done), which is most of a short trial's start-up.
+                                    reuse_actors=in_trial),
         run_config=tune.RunConfig(
             name=sweep_name, storage_path=storage_path(cfg), verbose=0,
+            # TorchTrainer trials retry inside the trainer (train.max_failures); in-process ones here.
+            failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures) if in_trial else None,
             callbacks=[MLflowTrialCallback(logger, functools.partial(apply_params, base), echo)],
         ),
     )
@@ -163,7 +232,7 @@ def run_sweep(cfg: ExperimentConfig, echo: Callable[[str], None] = echo_stdout) 
         logger.end_parent(status, summary)
     return SweepOutcome(sweep_name, tracking_uri, parent, best,
                         cfg.tracking.registered_model if cfg.tracking.register_models else None,
-                        versions, time.perf_counter() - began)
+                        versions, time.perf_counter() - began, cache_report)
 
 
 def _optuna_storage(url: Optional[str]):

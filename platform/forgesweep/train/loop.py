@@ -10,10 +10,21 @@ Clip models (``input_kind == "clip"``, e.g. StyleFlow) train on clips of the who
 rows belong to (:class:`~forgesweep.data.clips.ClipReader`, cut as ``data.clips`` says; replayed
 frame keys bring back their videos) and are evaluated per video: a video's probability is the
 sigmoid of its clips' mean logit, and the accuracy matrices hold video-level ACC/AUC.
+
+Frozen-feature cache (``features.cache: true``, models with a frozen tower such as ``rine_ssca``):
+the tower's features of every sample come from :mod:`forgesweep.features` (filled once per sweep;
+whatever is missing or corrupted is recomputed here), and every dataset of the run yields the
+packed heads-only input, so the tower never runs in training, evaluation or strategy passes.
+
+GPU path: forward passes run under autocast in ``train.precision`` (``auto``: bf16 on CUDA, fp32
+on CPU), models with convolutions use the channels-last memory format on CUDA
+(``train.channels_last``), and loaders pin host memory on CUDA so copies overlap compute. On a
+CPU with the defaults nothing changes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import shutil
@@ -38,8 +49,11 @@ from forgesweep.data.datasets import FrameCache, FrameDataset
 from forgesweep.data.manifest import Manifest, ManifestRow, read_manifest
 from forgesweep.data.tasks import Task, build_task_sequence
 from forgesweep.errors import ConfigError
+from forgesweep.features.extract import load_feature_table, plan_cache
+from forgesweep.features.key import cached_rows
+from forgesweep.features.table import FeatureTable
 from forgesweep.metrics import AccuracyMatrix, binary_metrics
-from forgesweep.models import build_model, unwrap_model
+from forgesweep.models import Detector, build_model, unwrap_model
 from forgesweep.train.checkpoint import load_weights, read_state, save_stage_checkpoint
 
 
@@ -91,6 +105,64 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
+def build_run_model(cfg: ExperimentConfig) -> Detector:
+    """The run's model as every process of the run builds it: seeded with ``cfg.seed`` first, so
+    random-weight towers are identical in every trial (and in the sweep's feature extraction)."""
+    seed_everything(cfg.seed)
+    return build_model(cfg.model.name, cfg.model.params)
+
+
+def resolve_precision(setting: str, device: torch.device) -> str:
+    """``train.precision`` on ``device``: ``bf16`` or ``fp32`` (``auto``: bf16 on CUDA only)."""
+    if setting == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return setting
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast to bf16 on ``device`` for ``precision == "bf16"``; no-op for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def use_channels_last(setting, device: torch.device, model: nn.Module) -> bool:
+    """``train.channels_last``: True/False as given; ``auto`` = on CUDA for models with 2-D convolutions."""
+    if setting != "auto":
+        return bool(setting)
+    return device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, Any]:
+    """A batch's tensors on ``device`` (asynchronously from pinned memory); 4-D images channels-last
+    when asked."""
+    out = {}
+    for k, v in batch.items():
+        if torch.is_tensor(v):
+            v = v.to(device, non_blocking=device.type == "cuda")
+            if channels_last and k == "images" and v.ndim == 4:
+                v = v.contiguous(memory_format=torch.channels_last)
+        out[k] = v
+    return out
+
+
+def frozen_features(cfg: ExperimentConfig, manifest: Manifest, tasks: list[Task], model: Detector,
+                    device: torch.device) -> Optional[FeatureTable]:
+    """The model's cached frozen-tower features when ``features.cache`` is on and it has a tower.
+
+    Every sample of the sequence (all splits) is covered; missing or corrupted shards are
+    recomputed in this process (a sweep fills the cache before its trials start).
+    """
+    if not cfg.features.cache or model.frozen_feature_spec() is None:
+        return None
+    rows = cached_rows(split for t in tasks for split in (t.train, t.val, t.test))
+    precision = resolve_precision(cfg.train.precision, device)
+    plan = plan_cache(cfg.features, cfg.data, manifest, rows, model, [model.frozen_feature_spec().variant], precision)
+    model.to(device)
+    return load_feature_table(plan, model, FrameCache(manifest, cfg.data.image_size), device,
+                              echo=lambda line: print(line, flush=True))
+
+
 def _make_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     t = cfg.train
@@ -110,10 +182,11 @@ class LoopSamples(SampleAccess):
     un-augmented, in the format the model trains on (with masks when the model uses them)."""
 
     def __init__(self, manifest: Manifest, cache: FrameCache, model: nn.Module, batch_size: int,
-                 device: torch.device) -> None:
+                 device: torch.device, features: Optional[FeatureTable] = None) -> None:
         self.manifest, self.cache = manifest, cache
         self.detector = unwrap_model(model)
         self.batch_size, self.device = batch_size, device
+        self.features = features
 
     def batches(self, keys: Sequence[str], batch_size: Optional[int] = None, shuffle: bool = False,
                 seed: int = 0) -> Iterator[dict[str, Any]]:
@@ -126,18 +199,22 @@ class LoopSamples(SampleAccess):
         size = batch_size or self.batch_size
         for start in range(0, len(rows), size):
             # One small dataset per batch: a dataset stacks its frames, and a task may be large.
-            chunk = FrameDataset(rows[start:start + size], self.cache, with_masks=self.detector.uses_masks)
+            chunk = FrameDataset(rows[start:start + size], self.cache, with_masks=self.detector.uses_masks,
+                                 features=self.features)
             batch = default_collate([chunk[i] for i in range(len(chunk))])
-            yield {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            yield to_device(batch, self.device)
 
 
 @torch.no_grad()
 def predict_probs(model: nn.Module, rows: Iterable[ManifestRow], cache: FrameCache, batch_size: int,
-                  device: torch.device, strategy: Optional[Strategy] = None) -> dict[str, float]:
+                  device: torch.device, strategy: Optional[Strategy] = None, features: Optional[FeatureTable] = None,
+                  precision: str = "fp32", channels_last: bool = False) -> dict[str, float]:
     """Fake probability of every row, keyed by sample id (model put in eval mode).
 
     With a ``strategy``, its :meth:`~forgesweep.continual.Strategy.predict_logits` turns the
     model's output into logits (e.g. iCaRL's nearest-mean classifier); else the model's logits.
+    With ``features`` the model gets packed heads-only inputs (identity view); ``precision``
+    and ``channels_last`` as in training.
     """
     model = unwrap_model(model)
     model.eval()
@@ -145,10 +222,12 @@ def predict_probs(model: nn.Module, rows: Iterable[ManifestRow], cache: FrameCac
     probs: dict[str, float] = {}
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        dataset = FrameDataset(chunk, cache)
-        images = torch.stack([dataset[i]["images"] for i in range(len(chunk))]).to(device)
-        output = model(images)
-        logits = strategy.predict_logits(output) if strategy is not None else output.logits
+        dataset = FrameDataset(chunk, cache, features=features)
+        images = to_device({"images": torch.stack([dataset[i]["images"] for i in range(len(chunk))])}, device,
+                           channels_last)["images"]
+        with autocast(precision, device):
+            output = model(images)
+            logits = strategy.predict_logits(output) if strategy is not None else output.logits
         out = torch.sigmoid(logits).float().cpu().tolist()
         probs.update({r.key: p for r, p in zip(chunk, out)})
     return probs
@@ -187,7 +266,9 @@ def predict_video_probs(model: nn.Module, rows: Iterable[ManifestRow], clips: Cl
 
 def evaluate_stage(model: nn.Module, tasks: list[Task], stage: int, cache: FrameCache, batch_size: int,
                    device: torch.device, acc: AccuracyMatrix, auc: AccuracyMatrix,
-                   strategy: Optional[Strategy] = None, clips: Optional[ClipReader] = None) -> dict[str, float]:
+                   strategy: Optional[Strategy] = None, clips: Optional[ClipReader] = None,
+                   features: Optional[FeatureTable] = None, precision: str = "fp32",
+                   channels_last: bool = False) -> dict[str, float]:
     """Evaluate tasks ``0..stage`` on their test splits; fill row ``stage`` of both matrices.
 
     Reals shared by several tasks are scored once. Clip models (``clips`` given) are evaluated
@@ -199,7 +280,7 @@ def evaluate_stage(model: nn.Module, tasks: list[Task], stage: int, cache: Frame
         probs = predict_video_probs(model, rows, clips, batch_size, device, strategy)
         sample_id = _video_id
     else:
-        probs = predict_probs(model, rows, cache, batch_size, device, strategy)
+        probs = predict_probs(model, rows, cache, batch_size, device, strategy, features, precision, channels_last)
         sample_id = _row_key
     out: dict[str, float] = {}
     for task in seen:
@@ -223,7 +304,8 @@ def _video_id(row: ManifestRow) -> str:
 
 
 def _train_one_task(cfg: ExperimentConfig, ctx: LoopContext, model: nn.Module, strategy, rows: list[ManifestRow],
-                    cache: FrameCache, stage: int, clips: Optional[ClipReader] = None) -> dict[str, float]:
+                    cache: FrameCache, stage: int, clips: Optional[ClipReader] = None,
+                    features: Optional[FeatureTable] = None, channels_last: bool = False) -> dict[str, float]:
     seed = cfg.seed * 1009 + stage
     detector = unwrap_model(model)
     if clips is not None:
@@ -232,9 +314,11 @@ def _train_one_task(cfg: ExperimentConfig, ctx: LoopContext, model: nn.Module, s
                                 seed=seed + ctx.world_rank)
     else:
         dataset = FrameDataset(rows, cache, horizontal_flip=cfg.data.horizontal_flip, seed=seed + ctx.world_rank,
-                               with_masks=detector.uses_masks)
+                               with_masks=detector.uses_masks, features=features)
+    # Pinned host memory lets the copies to a GPU run asynchronously (to_device: non_blocking).
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(seed))
+                        generator=torch.Generator().manual_seed(seed), pin_memory=ctx.device.type == "cuda")
+    precision = resolve_precision(cfg.train.precision, ctx.device)
     loader = ctx.prepare_loader(loader)
     sums: dict[str, float] = {}
     epoch = 0
@@ -249,9 +333,11 @@ def _train_one_task(cfg: ExperimentConfig, ctx: LoopContext, model: nn.Module, s
             model.train()
             sums, batches = {}, 0
             for batch in loader:
-                batch = {k: (v.to(ctx.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+                batch = to_device(batch, ctx.device, channels_last)
                 optimizer.zero_grad(set_to_none=True)
-                _, terms = strategy.compute_loss(model, batch)
+                # bf16 autocast needs no loss scaling (same exponent range as fp32).
+                with autocast(precision, ctx.device):
+                    _, terms = strategy.compute_loss(model, batch)
                 loss = terms["loss"]
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
@@ -283,7 +369,7 @@ def run_continual(cfg: ExperimentConfig, ctx: LoopContext, manifest: Optional[Ma
     names = [t.name for t in tasks]
     cache = FrameCache(manifest, cfg.data.image_size)
 
-    model = build_model(cfg.model.name, cfg.model.params)
+    model = build_run_model(cfg)
     clips = ClipReader(cache, model.clip_length(), clip_sampling(cfg)) if model.input_kind == "clip" else None
     if clips is not None and model.uses_masks:
         raise ConfigError(f"model {cfg.model.name!r} takes clips and asks for masks; clip datasets carry no masks")
@@ -302,9 +388,15 @@ def run_continual(cfg: ExperimentConfig, ctx: LoopContext, manifest: Optional[Ma
         strategy.load_tensor_state(load_file(str(tensors_file)) if tensors_file.is_file() else {})
         acc, auc = AccuracyMatrix.from_dict(state["acc_matrix"]), AccuracyMatrix.from_dict(state["auc_matrix"])
         start = int(state["stage"])
+    # Before DDP wraps the model: the cache key hashes this model's own frozen tower (never trained).
+    features = frozen_features(cfg, manifest, tasks, model, ctx.device) if clips is None else None
+    channels_last = use_channels_last(cfg.train.channels_last, ctx.device, model)
+    precision = resolve_precision(cfg.train.precision, ctx.device)
     model.to(ctx.device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     model = ctx.prepare_model(model)
-    samples = LoopSamples(manifest, cache, model, cfg.data.eval_batch_size, ctx.device)
+    samples = LoopSamples(manifest, cache, model, cfg.data.eval_batch_size, ctx.device, features)
 
     for t in range(start, len(tasks)):
         began = time.perf_counter()
@@ -314,10 +406,11 @@ def run_continual(cfg: ExperimentConfig, ctx: LoopContext, manifest: Optional[Ma
         candidates = [Candidate(r.key, r.label) for r in task.train]
         strategy.before_task(t, model, candidates, samples)
         replay = [manifest.by_key(k) for k in strategy.replay_keys()]
-        losses = _train_one_task(cfg, ctx, model, strategy, list(task.train) + replay, cache, t, clips)
+        losses = _train_one_task(cfg, ctx, model, strategy, list(task.train) + replay, cache, t, clips, features,
+                                 channels_last)
         strategy.after_task(t, model, candidates, samples)
         per_task = evaluate_stage(model, tasks, t, cache, cfg.data.eval_batch_size, ctx.device, acc, auc, strategy,
-                                  clips)
+                                  clips, features, precision, channels_last)
         summary = acc.summary(t)
         metrics: dict[str, Any] = {
             "stage": t + 1,
@@ -329,6 +422,7 @@ def run_continual(cfg: ExperimentConfig, ctx: LoopContext, manifest: Optional[Ma
             "replay_size": len(replay),
             "train_samples": len(task.train) + len(replay),
             "stage_seconds": time.perf_counter() - began,
+            **({"heads_only": float(features is not None)} if cfg.features.cache else {}),
             **per_task,
             **losses,
         }
