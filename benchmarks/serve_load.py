@@ -1,6 +1,6 @@
 """Load test of the serving app on loopback: throughput and latency with batching on vs off.
 
-Builds the default detector (``rsia_net`` preset ``small``, 64 px, random weights: speed does not
+Builds the default detector (``rsia_lite`` preset ``small``, 64 px, random weights: speed does not
 depend on the weights), registers it as stage 1 of a model in a temporary MLflow registry and
 deploys the Serve app twice on 127.0.0.1, with batching on (``/on``) and off (``/off``). For each
 concurrency N, a fixed number of ``POST /v1/detect`` requests (a 64x64 PNG) are sent from N
@@ -54,7 +54,7 @@ def register_default_model(root: Path, preset: str, model: str | None = None) ->
     """Save the default architecture (or ``model``) at ``preset`` as a stage-1 checkpoint and register it."""
     overrides = [f"model.preset={preset}"]
     if model is not None:
-        overrides += [f"model.name={model}", "strategy.w_hscl=0"]  # w_hscl: a one-domain model has no pairs
+        overrides += [f"model.name={model}", "strategy.w_hscl=0"]  # other models lack HSCL's (spatial, frequency) pairs
     cfg = load_config(HERE.parent / "jobs" / "configs" / "default.yaml", overrides)
     torch.manual_seed(0)
     model = build_model(cfg.model.name, cfg.model.params)
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=300, help="requests per (mode, concurrency, round)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16, 32])
     parser.add_argument("--rounds", type=int, default=3, help="on/off alternate; medians over the rounds")
-    parser.add_argument("--model", default=None, help="architecture served (default: default.yaml's, rsia_net)")
+    parser.add_argument("--model", default=None, help="architecture served (default: default.yaml's, rsia_lite)")
     parser.add_argument("--preset", default="small", help="preset of the served model")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--batch-wait", type=float, default=0.005, help="batch_wait_timeout_s")
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             serve.shutdown()
             ray.shutdown()
-    title = (f"{args.model or 'rsia_net'}/{args.preset} at 64 px, {args.requests} requests per point, median of {args.rounds} rounds, "
+    title = (f"{args.model or 'rsia_lite'}/{args.preset} at 64 px, {args.requests} requests per point, median of {args.rounds} rounds, "
              f"max_batch_size {args.max_batch_size}, batch wait {args.batch_wait * 1000:.0f} ms, {os.cpu_count()} CPUs, "
              f"load average at start/end {load_before:.1f}/{os.getloadavg()[0]:.1f}")
     print_table(title, median_rows(http))

@@ -1,5 +1,5 @@
 """The ``forgesweep`` command: ``synth``, ``train``, ``sweep``, ``matrix``, ``config``, ``serve``,
-``import``, ``preprocess`` and ``synth-tree``.
+``import``, ``preprocess``, ``synth-tree``, ``report`` and ``local-servers``.
 
 Every sub-command takes ``--config PATH`` (default: ``jobs/configs/default.yaml`` of the
 checkout when there is one, else the built-in defaults), ``--set key=value`` overrides
@@ -18,6 +18,7 @@ Examples::
     forgesweep serve --set registered_model=cffd-synthetic  # HTTP API over the stage models
     forgesweep import ffpp /data/FaceForensics++ --out ffpp.jsonl   # dataset -> video manifest
     forgesweep preprocess ffpp.jsonl --out s3://bucket/ffpp-frames   # decode, crop faces, write frames
+    forgesweep report cffd-synthetic-20261123-101500   # one static HTML page of a sweep from MLflow
 
 ``serve`` reads its own config (``jobs/configs/serve.yaml``, see ``forgesweep.serve.config``).
 """
@@ -109,8 +110,10 @@ def _command_modules() -> list:
     """Sub-command modules with their own arguments (no experiment config): ``COMMANDS``,
     ``add_parser(subparsers)`` and ``run(args) -> int``."""
     from forgesweep.data import cli as data_cli
+    from forgesweep.report import cli as report_cli
+    from forgesweep.tracking import local_servers
 
-    return [data_cli]
+    return [data_cli, report_cli, local_servers]
 
 
 def _cmd_sweep(cfg: ExperimentConfig) -> int:

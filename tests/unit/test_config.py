@@ -17,6 +17,7 @@ import yaml
 
 from forgesweep.config import (
     ExperimentConfig,
+    check_search_space,
     deep_merge,
     load_config,
     load_config_dict,
@@ -52,9 +53,9 @@ def test_default_yaml_loads_and_validates():
     assert [t.name for t in cfg.data.sequence] == ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
     # The string shorthand expands to reals plus the method's fakes.
     assert cfg.data.sequence[1].methods == ["real", "Face2Face"]
-    assert cfg.model.name == "rsia_net" and cfg.model.preset == "small"
+    assert cfg.model.name == "rsia_lite" and cfg.model.preset == "small"
     assert cfg.strategy.name == "cffd"
-    assert cfg.strategy.params.w_hscl == pytest.approx(0.1)  # HSCL over rsia_net's two domains
+    assert cfg.strategy.params.w_hscl == pytest.approx(0.1)  # HSCL over the (spatial, frequency) pairs
     assert cfg.strategy.params.kd_temperature == 2.0
     assert cfg.strategy.params.feature_layers == ["stage3", "stage4"]
     assert cfg.strategy.params.replay_size == 200
@@ -79,8 +80,8 @@ def test_smoke_yaml_extends_default():
     assert cfg.sweep.num_samples == 2
     assert cfg.sweep.scheduler.type == "none"
     assert cfg.tracking.registered_model == "cffd-synthetic-smoke"
-    # The compact model is smoke's fast preset; it has one domain, so HSCL is off.
-    assert cfg.model.name == "rsia_lite" and cfg.strategy.params.w_hscl == 0
+    # The compact model is smoke's fast preset (it has spatial/frequency pairs for HSCL too).
+    assert cfg.model.name == "rsia_lite" and cfg.strategy.params.w_hscl == pytest.approx(0.1)
     # ... while sibling keys come from default.yaml (a recursive merge, not a replacement).
     assert cfg.data.synthetic.seed == 0
     assert cfg.data.batch_size == 32
@@ -98,6 +99,28 @@ def test_shipped_configs_round_trip_through_to_dict(path):
     assert again.to_dict() == cfg.to_dict()
     assert again.model.params == cfg.model.params
     assert again.strategy.params == cfg.strategy.params
+
+
+EXPERIMENT_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith("serve"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENT_CONFIGS, ids=[p.stem for p in EXPERIMENT_CONFIGS])
+def test_every_shipped_experiment_config_validates(path):
+    cfg = load_config(path)  # strategy features are checked against the model's here
+    assert validate_config(cfg.to_dict()).to_dict() == cfg.to_dict()
+    check_search_space(cfg)  # every bound and choice of the (inherited) search space fits the model
+
+
+def test_a_null_dimension_drops_an_inherited_one():
+    cfg = load_config(CONFIGS / "arch_dcr.yaml")
+    assert "strategy.w_hscl" in load_config(DEFAULT).sweep.space
+    assert "strategy.w_hscl" not in cfg.sweep.space
+
+
+def test_switching_to_a_model_without_domain_pairs_names_them():
+    with pytest.raises(ConfigError, match=r"strategy.domain_pairs .*'spatial1' is not a feature of model 'dcr'"):
+        load_config(DEFAULT, ["model.name=dcr", "strategy.feature_layers=[stage4]"])
+    assert load_config(DEFAULT, ["model.name=dcr", "strategy.feature_layers=[stage4]", "strategy.w_hscl=0"])
 
 
 def test_built_in_defaults_validate_without_a_file():

@@ -31,7 +31,7 @@ TASKS = ["Deepfakes", "Face2Face"]
 
 def _checkpoint(root: Path, name: str, stage: int, seed: int, overrides=(), strategy_state=None) -> Path:
     cfg = load_config(REPO / "jobs" / "configs" / "default.yaml",
-                      ["model.name=rsia_lite", "model.preset=tiny", "strategy.w_hscl=0", "data.image_size=32",
+                      ["model.name=rsia_lite", "model.preset=tiny", "data.image_size=32",
                        f"data.sequence={TASKS}", *overrides])
     torch.manual_seed(seed)
     model = build_model(cfg.model.name, cfg.model.params)
