@@ -17,8 +17,9 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -209,21 +210,25 @@ class VideoFrames:
     total_frames: int
 
 
+@contextmanager
+def _upload_file(data: bytes, suffix: str) -> Iterator[str]:
+    """The upload's bytes in a temporary file (decord reads files), removed afterwards whatever happens."""
+    with tempfile.TemporaryDirectory(prefix="forgesweep-video-") as tmp:
+        path = os.path.join(tmp, f"upload{suffix}")
+        with open(path, "wb") as fh:
+            fh.write(data)
+        yield path
+
+
 def decode_video(data: bytes, suffix: str, num_frames: int, size: int) -> VideoFrames:
     """Video bytes -> ``num_frames`` evenly spaced frames (first and last included), resized.
-
-    decord reads from a file, so the bytes are written to a temporary one that is removed
-    afterwards whatever happens.
 
     Raises:
         RequestError: 400 when decord cannot open or decode the video.
     """
     import decord
 
-    with tempfile.TemporaryDirectory(prefix="forgesweep-video-") as tmp:
-        path = os.path.join(tmp, f"upload{suffix}")
-        with open(path, "wb") as fh:
-            fh.write(data)
+    with _upload_file(data, suffix) as path:
         try:
             total = len(decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1))
         except Exception as exc:  # decord raises its own DECORDError/RuntimeError for any bad input
@@ -262,10 +267,7 @@ def decode_video_clips(data: bytes, suffix: str, clip_length: int, stride: int, 
     """
     from forgesweep.data.clips import VideoFrameCache, clip_indices, clip_starts, video_frame_count
 
-    with tempfile.TemporaryDirectory(prefix="forgesweep-video-") as tmp:
-        path = os.path.join(tmp, f"upload{suffix}")
-        with open(path, "wb") as fh:
-            fh.write(data)
+    with _upload_file(data, suffix) as path:
         try:
             total = video_frame_count(path)
             starts = clip_starts(total, clip_length, stride, clips_per_video)
