@@ -14,6 +14,7 @@ from forgesweep.config import validate_config
 from forgesweep.continual import STRATEGIES
 from forgesweep.continual.icarl import ICaRL
 from forgesweep.data.synthetic.generate import SyntheticSpec, generate_synthetic
+from forgesweep.errors import DataError
 from forgesweep.train.checkpoint import read_state
 from forgesweep.train.loop import STRATEGY_TENSORS_FILE, LocalContext, run_continual
 
@@ -93,10 +94,11 @@ def test_ewc_saves_its_fisher_with_the_checkpoint_and_resumes_exactly(benchmark,
     a, b = full.reports[1], resumed.reports[0]
     assert b["train/ewc"] == pytest.approx(a["train/ewc"], rel=1e-5)
     assert b["avg_acc"] == a["avg_acc"] and b["avg_auc"] == pytest.approx(a["avg_auc"])
-    # A checkpoint whose tensor file went missing is refused, not silently run without the penalty.
+    # A checkpoint whose tensor file went missing is refused (its state.json lists the file), not
+    # silently run without the penalty.
     (tmp_path / "resumed" / "stage-2" / STRATEGY_TENSORS_FILE).unlink()
     shutil.rmtree(tmp_path / "resumed" / "stage-1")
-    with pytest.raises(ValueError, match="Fisher"):
+    with pytest.raises(DataError, match=f"incomplete checkpoint .*stage-2: {STRATEGY_TENSORS_FILE} is missing"):
         run_continual(cfg, LocalContext(tmp_path / "resumed"))
 
 

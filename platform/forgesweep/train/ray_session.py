@@ -61,6 +61,10 @@ def connect_ray() -> str:
             keep_credentials_out_of_tune_runtime_envs()
         note = f"; workers get {', '.join(forwarded)} from this environment" if forwarded else ""
         return f"joined Ray cluster at {address}{note}"
+    # A new trial's worker can wait for the CPUs of a finished trial's workers while they shut
+    # down; on a loaded 2-core machine that took longer than Ray Train's 60 s default and failed
+    # the trial. The raylet started here (and every process it starts) inherits this.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
     ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
     # The local raylet was started from this process: its workers inherit the credentials.
     keep_credentials_out_of_tune_runtime_envs()
