@@ -177,6 +177,13 @@ class FeatureStore:
         sha = hashlib.sha256(data).hexdigest()
         name = f"{stem}-{sha[:16]}.safetensors"
         self._write(key, name, data)
+        where = self.location(key, name)
+        if not is_s3(where):
+            # A recomputed shard need not hash like the one it replaces (its metadata may differ):
+            # drop the older files of this stem, which no index will list again.
+            for old in Path(where).parent.glob(f"{stem}-*.safetensors"):
+                if old.name != name:
+                    old.unlink(missing_ok=True)
         return ShardRecord(stem, name, sha, tuple(keys))
 
     def read_shard(self, key: CacheKey, record: ShardRecord) -> tuple[Optional[torch.Tensor], str]:
