@@ -613,3 +613,30 @@ def s3_env(s3_server, monkeypatch, tmp_path):
     monkeypatch.setenv("FORGESWEEP_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(object_store, "_shared", None)
     return s3_server
+
+
+@pytest.fixture(scope="session")
+def random_frame_manifest():
+    """``write(root, per_split=3, size=32, seed=0) -> manifest path``: random PNG frames of reals
+    and two fake methods in train/test under ``root``, and their manifest (feature-cache tests)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    def write(root: Path, per_split: int = 3, size: int = 32, seed: int = 0) -> Path:
+        """Random frames of reals and two fake methods in train/test, and their manifest."""
+        rng = np.random.default_rng(seed)
+        rows = []
+        for split in ("train", "test"):
+            for method in ("real", "Deepfakes", "Face2Face"):
+                for i in range(per_split):
+                    path = Path(split) / method / f"{i}.png"
+                    (root / path).parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / path)
+                    rows.append({"path": str(path), "label": int(method != "real"), "method": method,
+                                 "dataset": "tiny", "split": split, "video_id": f"{split}-{method}-{i}"})
+        (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return root / "manifest.jsonl"
+
+    return write

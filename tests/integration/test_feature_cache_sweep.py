@@ -24,20 +24,6 @@ from forgesweep.data.tasks import build_task_sequence
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("one_torch_thread")]
 
 
-def _write_manifest(root: Path, per_split: int = 3) -> None:
-    rng = np.random.default_rng(0)
-    rows = []
-    for split in ("train", "test"):
-        for method in ("real", "Deepfakes", "Face2Face"):
-            for i in range(per_split):
-                path = Path(split) / method / f"{i}.png"
-                (root / path).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / path)
-                rows.append({"path": str(path), "label": int(method != "real"), "method": method,
-                             "dataset": "tiny", "split": split, "video_id": f"{split}-{method}-{i}"})
-    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
 def _config(root: Path, workdir: Path, **extra) -> dict:
     data = {"seed": 0, "name": "fc-it",
             "data": {"root": str(root), "image_size": 32, "batch_size": 6, "eval_batch_size": 18,
@@ -56,9 +42,9 @@ def _config(root: Path, workdir: Path, **extra) -> dict:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, random_frame_manifest):
     root = tmp_path_factory.mktemp("fc-data")
-    _write_manifest(root)
+    random_frame_manifest(root)
     return root, tmp_path_factory.mktemp("fc-work")
 
 

@@ -28,22 +28,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CPU = torch.device("cpu")
 
 
-def write_manifest(root: Path, per_split: int = 3, size: int = 32, seed: int = 0) -> Path:
-    """Random frames of reals and two fake methods in train/test, and their manifest."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for split in ("train", "test"):
-        for method in ("real", "Deepfakes", "Face2Face"):
-            for i in range(per_split):
-                path = Path(split) / method / f"{i}.png"
-                (root / path).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / path)
-                rows.append({"path": str(path), "label": int(method != "real"), "method": method,
-                             "dataset": "tiny", "split": split, "video_id": f"{split}-{method}-{i}"})
-    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root / "manifest.jsonl"
-
-
 def config(root: Path, cache_root: Path, **overrides):
     data = {"seed": 0,
             "data": {"root": str(root), "image_size": 32, "batch_size": 4, "sequence": ["Deepfakes", "Face2Face"]},
@@ -62,9 +46,9 @@ def model_of(cfg, seed: int = 0):
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
+def dataset(tmp_path_factory, random_frame_manifest):
     root = tmp_path_factory.mktemp("tiny")
-    manifest = read_manifest(write_manifest(root))
+    manifest = read_manifest(random_frame_manifest(root))
     return root, manifest
 
 

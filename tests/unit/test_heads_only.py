@@ -9,13 +9,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 from forgesweep.config import validate_config
@@ -66,20 +64,6 @@ def test_unpacking_checks_the_width():
         pack_inputs(images, torch.randn(3, 2, 32))
 
 
-def _write_manifest(root: Path, per_split: int = 4) -> None:
-    rng = np.random.default_rng(0)
-    rows = []
-    for split in ("train", "test"):
-        for method in ("real", "Deepfakes", "Face2Face"):
-            for i in range(per_split):
-                path = Path(split) / method / f"{i}.png"
-                (root / path).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / path)
-                rows.append({"path": str(path), "label": int(method != "real"), "method": method,
-                             "dataset": "tiny", "split": split, "video_id": f"{split}-{method}-{i}"})
-    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
 def _config(root: Path, **sections):
     data = {"seed": 0, "data": {"root": str(root), "image_size": 32, "batch_size": 4, "eval_batch_size": 8,
                                 "sequence": ["Deepfakes", "Face2Face"]},
@@ -92,9 +76,9 @@ def _config(root: Path, **sections):
 
 
 @pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory) -> Path:
+def tiny_root(tmp_path_factory, random_frame_manifest) -> Path:
     root = tmp_path_factory.mktemp("heads")
-    _write_manifest(root)
+    random_frame_manifest(root, per_split=4)
     return root
 
 
