@@ -101,7 +101,10 @@ def test_values_describe_the_run(scraped):
         return [s.value for s in mine if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
 
     assert 2.0 in values("ray_forgesweep_train_stage", ray_train_worker_world_rank="0")
-    assert {1.0, 2.0} <= set(values("ray_forgesweep_train_epoch"))
+    # A gauge is exported every 2 s, so a tiny model's short first epoch may never be seen: only the
+    # last epoch of a stage is certain to be. Every value seen must still be a real epoch number.
+    epochs = set(values("ray_forgesweep_train_epoch"))
+    assert 2.0 in epochs and epochs <= {1.0, 2.0}, epochs
     assert max(values("ray_forgesweep_train_samples_total")) > 0
     assert max(values("ray_forgesweep_train_samples_per_second")) > 0
     stage1 = values("ray_forgesweep_task_accuracy", stage="1", task="Deepfakes")
