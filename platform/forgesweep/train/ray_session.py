@@ -65,10 +65,35 @@ def connect_ray() -> str:
     # down; on a loaded 2-core machine that took longer than Ray Train's 60 s default and failed
     # the trial. The raylet started here (and every process it starts) inherits this.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
-    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True,
+             runtime_env={"worker_process_setup_hook": own_cluster_address_hook()})
     # The local raylet was started from this process: its workers inherit the credentials.
     keep_credentials_out_of_tune_runtime_envs()
     return f"started local Ray with {int(ray.cluster_resources().get('CPU', 0))} CPUs"
+
+
+def own_cluster_address_hook() -> Callable[[], None]:
+    """A worker setup hook that points the worker's Ray clients at the instance it belongs to.
+
+    A local instance started by ``ray.init()`` is found by Ray's clients inside its workers (the
+    State API, which Ray Train's ``PlacementGroupCleaner`` polls to see whether a trial's
+    controller is alive) by scanning the machine's processes for a GCS server. With a second
+    local Ray instance on the machine (another user's job, a test head, a benchmark) that scan
+    finds two and fails ("Found multiple active Ray instances"): the cleaner dies, the placement
+    group of a trial that early stopping ended is never removed, its CPUs stay taken and the
+    sweep's next trial waits for them forever. The hook sets ``RAY_ADDRESS`` in every worker
+    process to the GCS address the worker is connected to, which is what the clients read first.
+
+    A closure, so Ray pickles it by value: the worker needs nothing importable to run it.
+    """
+
+    def point_ray_clients_at_own_cluster() -> None:
+        if not os.environ.get("RAY_ADDRESS"):
+            import ray as ray_in_worker
+
+            os.environ["RAY_ADDRESS"] = ray_in_worker.get_runtime_context().gcs_address
+
+    return point_ray_clients_at_own_cluster
 
 
 def keep_credentials_out_of_tune_runtime_envs() -> None:
