@@ -1,6 +1,6 @@
 """Load test of the serving app on loopback: throughput and latency with batching on vs off.
 
-Builds the default detector (``rsia_lite`` preset ``small``, 64 px, random weights: speed does not
+Builds the default detector (``rsia_net`` preset ``small``, 64 px, random weights: speed does not
 depend on the weights), registers it as stage 1 of a model in a temporary MLflow registry and
 deploys the Serve app twice on 127.0.0.1, with batching on (``/on``) and off (``/off``). For each
 concurrency N, a fixed number of ``POST /v1/detect`` requests (a 64x64 PNG) are sent from N
@@ -126,30 +126,39 @@ def _psutil():
     return psutil
 
 
-def serve_processes() -> dict[str, list]:
-    """The Serve processes of each benchmark app, and the ones both share (proxy, controller)."""
+ROLES = ("proxy", "ingress", "model", "controller", "load generator")
+
+
+def serve_processes() -> dict[str, dict[str, list]]:
+    """The Serve processes of each benchmark app by role; proxy and controller are shared."""
     psutil = _psutil()
-    groups: dict[str, list] = {"on": [], "off": [], "shared": []}
+    groups: dict[str, dict[str, list]] = {"on": {}, "off": {}, "shared": {}}
     for proc in psutil.process_iter(["cmdline"]):
         text = " ".join(proc.info["cmdline"] or [])
         for mode in ("on", "off"):
-            if f"ServeReplica:bench-{mode}:" in text:
-                groups[mode].append(proc)
-        if "ProxyActor" in text or "ServeController" in text:
-            groups["shared"].append(proc)
+            if f"ServeReplica:bench-{mode}:DetectorIngress" in text:
+                groups[mode].setdefault("ingress", []).append(proc)
+            elif f"ServeReplica:bench-{mode}:StageModels" in text:
+                groups[mode].setdefault("model", []).append(proc)
+        if "ProxyActor" in text:
+            groups["shared"].setdefault("proxy", []).append(proc)
+        elif "ServeController" in text:
+            groups["shared"].setdefault("controller", []).append(proc)
     return groups
 
 
-def cpu_seconds(procs: list) -> float:
-    """User + system CPU time of ``procs`` (and of this process, the load generator)."""
+def cpu_seconds(roles: dict[str, list]) -> dict[str, float]:
+    """User + system CPU seconds of each role's processes, and of this process (the load generator)."""
     psutil = _psutil()
-    total = sum(os.times()[:2])
-    for proc in procs:
-        try:
-            total += sum(proc.cpu_times()[:2])
-        except psutil.Error:
-            pass
-    return total
+    out = {"load generator": sum(os.times()[:2])}
+    for role, procs in roles.items():
+        out[role] = 0.0
+        for proc in procs:
+            try:
+                out[role] += sum(proc.cpu_times()[:2])
+            except psutil.Error:
+                pass
+    return out
 
 
 def serve_config(uri: str, port: int, batching: bool, args: argparse.Namespace) -> ServeConfig:
@@ -170,7 +179,8 @@ def median_rows(samples: dict[tuple[str, int], list[dict[str, float]]]) -> list[
     rows = []
     for (mode, concurrency), runs in samples.items():
         rows.append({"batching": mode, "concurrency": concurrency, "errors": sum(r["errors"] for r in runs),
-                     **{k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99", "cpu_ms")}})
+                     **{k: statistics.median(r.get(k, 0.0) for r in runs)
+                        for k in ("rps", "p50", "p99", "cpu_ms", *(f"cpu:{role}" for role in ROLES))}})
     return sorted(rows, key=lambda r: (r["batching"] == "off", r["concurrency"]))
 
 
@@ -179,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=300, help="requests per (mode, concurrency, round)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16, 32])
     parser.add_argument("--rounds", type=int, default=3, help="on/off alternate; medians over the rounds")
-    parser.add_argument("--model", default=None, help="architecture served (default: default.yaml's, rsia_lite)")
+    parser.add_argument("--model", default=None, help="architecture served (default: default.yaml's, rsia_net)")
     parser.add_argument("--preset", default="small", help="preset of the served model")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--batch-wait", type=float, default=0.005, help="batch_wait_timeout_s")
@@ -212,11 +222,14 @@ def main(argv: list[str] | None = None) -> int:
                 for concurrency in args.concurrency:
                     order = ("on", "off") if round_ % 2 == 0 else ("off", "on")
                     for mode in order:
-                        mine = processes[mode] + processes["shared"]
+                        mine = {**processes[mode], **processes["shared"]}
                         cpu_before = cpu_seconds(mine)
                         result = asyncio.run(load(urls[mode], body, args.requests, concurrency, args.timeout))
                         served = max(1, args.requests - result["errors"])
-                        result["cpu_ms"] = (cpu_seconds(mine) - cpu_before) / served * 1000
+                        cpu_after = cpu_seconds(mine)
+                        split = {role: (cpu_after[role] - cpu_before[role]) / served * 1000 for role in cpu_after}
+                        result["cpu_ms"] = sum(split.values())
+                        result.update({f"cpu:{role}": ms for role, ms in split.items()})
                         http.setdefault((mode, concurrency), []).append(result)
                         print(f"  round {round_ + 1} batching {mode:>3} c={concurrency:<3} "
                               f"{result['rps']:7.1f} req/s p50 {result['p50']:6.1f} ms p99 {result['p99']:6.1f} ms "
@@ -224,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             serve.shutdown()
             ray.shutdown()
-    title = (f"{args.model or 'rsia_lite'}/{args.preset} at 64 px, {args.requests} requests per point, median of {args.rounds} rounds, "
+    title = (f"{args.model or 'rsia_net'}/{args.preset} at 64 px, {args.requests} requests per point, median of {args.rounds} rounds, "
              f"max_batch_size {args.max_batch_size}, batch wait {args.batch_wait * 1000:.0f} ms, {os.cpu_count()} CPUs, "
              f"load average at start/end {load_before:.1f}/{os.getloadavg()[0]:.1f}")
     print_table(title, median_rows(http))
@@ -245,6 +258,11 @@ def print_table(title: str, rows: list[dict]) -> None:
     for r in rows:
         print(f"{r['batching']:>8} {r['concurrency']:>7} {r['rps']:>8.1f} {r['p50']:>8.1f} {r['p99']:>8.1f} "
               f"{r['cpu_ms']:>10.1f} {2000 / r['cpu_ms']:>10.0f} {r['errors']:>6}")
+    # Where the CPU of a request goes: batching can only share the model's part.
+    print(f"\nCPU ms per request by process{'':<3}" + "".join(f"{role:>15}" for role in ROLES))
+    for r in rows:
+        print(f"batching {r['batching']:>3}, {r['concurrency']:>3} clients   "
+              + "".join(f"{r[f'cpu:{role}']:>15.1f}" for role in ROLES))
     on = {r["concurrency"]: r for r in rows if r["batching"] == "on"}
     off = {r["concurrency"]: r for r in rows if r["batching"] == "off"}
     print(f"{'clients':>7} {'on/off req/s':>13} {'off/on cpu per req':>19}")

@@ -53,7 +53,7 @@ def test_default_yaml_loads_and_validates():
     assert [t.name for t in cfg.data.sequence] == ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
     # The string shorthand expands to reals plus the method's fakes.
     assert cfg.data.sequence[1].methods == ["real", "Face2Face"]
-    assert cfg.model.name == "rsia_lite" and cfg.model.preset == "small"
+    assert cfg.model.name == "rsia_net" and cfg.model.preset == "small"
     assert cfg.strategy.name == "cffd"
     assert cfg.strategy.params.w_hscl == pytest.approx(0.1)  # HSCL over the (spatial, frequency) pairs
     assert cfg.strategy.params.kd_temperature == 2.0

@@ -28,8 +28,8 @@ def test_cells_are_the_cross_product_with_full_configs():
     cells = build_cells(cfg)
     assert len(cells) == 2 * 2 * 2
     ids = {c.cell_id for c in cells}
-    assert "rsia_lite|rev|CFFD|seed3" in ids
-    cell = next(c for c in cells if c.cell_id == "rsia_lite|rev|CFFD|seed3")
+    assert "rsia_net|rev|CFFD|seed3" in ids
+    cell = next(c for c in cells if c.cell_id == "rsia_net|rev|CFFD|seed3")
     assert cell.config["seed"] == 3
     assert [t["name"] for t in cell.config["data"]["sequence"]] == ["Face2Face", "Deepfakes"]
     assert cell.config["strategy"]["name"] == "cffd" and cell.config["strategy"]["w_slkd"] == 0.5
@@ -40,7 +40,7 @@ def test_cells_are_the_cross_product_with_full_configs():
 def test_empty_axes_use_the_configs_own_sections():
     cells = build_cells(_cfg())
     assert len(cells) == 1
-    assert cells[0].labels == ("rsia_lite", "sequence", "cffd", 0)
+    assert cells[0].labels == ("rsia_net", "sequence", "cffd", 0)
 
 
 @pytest.mark.parametrize("override, words", [
