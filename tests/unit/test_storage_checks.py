@@ -119,6 +119,22 @@ def test_preflight_stops_a_sweep_on_a_missing_bucket(s3_env, tmp_path):
     assert not (tmp_path / "data").exists() and not (tmp_path / "m.db").exists()
 
 
+def test_a_sweep_name_already_on_s3_is_refused_before_tune_overwrites_it(s3_env, bucket, tmp_path):
+    from forgesweep.sweep.runner import unique_sweep_name
+
+    root = f"s3://{bucket}/named-runs"
+    cfg = resolve_config(None, [f"train.storage_path={root}", "sweep.name=sweep-a"], smoke=True)
+    assert not storage.storage_entry_exists(root, "sweep-a")
+    assert unique_sweep_name(cfg) == "sweep-a"
+    s3_env.client().put_object(Bucket=bucket, Key="named-runs/sweep-a/tuner.pkl", Body=b"earlier sweep")
+    assert storage.storage_entry_exists(root, "sweep-a")
+    assert not storage.storage_entry_exists(root, "sweep")  # a prefix of a name is not that name
+    with pytest.raises(ConfigError, match=r"sweep.name: a sweep named 'sweep-a' already exists in s3://"):
+        unique_sweep_name(cfg)
+    body = s3_env.client().get_object(Bucket=bucket, Key="named-runs/sweep-a/tuner.pkl")["Body"].read()
+    assert body == b"earlier sweep"
+
+
 # --------------------------------------------------------------------------- MLflow stores
 
 

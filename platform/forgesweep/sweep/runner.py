@@ -76,12 +76,14 @@ def unique_sweep_name(cfg: ExperimentConfig) -> str:
     """The configured sweep name, or ``<experiment name>-<UTC timestamp>``.
 
     Raises:
-        ConfigError: when a sweep of that name already exists in the storage path (Tune would
-            overwrite its state).
+        ConfigError: when a sweep of that name already exists in the storage path, a local
+            folder or object storage (Tune would overwrite its state).
     """
+    from forgesweep.train.storage import storage_entry_exists
+
     name = cfg.sweep.name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     root = storage_path(cfg)
-    if "://" not in root and (Path(root) / name).exists():
+    if storage_entry_exists(root, name):
         raise ConfigError(f"config error: sweep.name: a sweep named {name!r} already exists in {root}; "
                           f"choose another name")
     return name

@@ -65,6 +65,27 @@ def forget_checked() -> None:
         _checked.clear()
 
 
+def storage_entry_exists(root: str, name: str) -> bool:
+    """Whether ``<root>/<name>`` exists in a storage path (a local folder or any pyarrow URI).
+
+    On object storage a "folder" exists when any object has its prefix, which is what Ray
+    writes a sweep as: a second sweep of the same name would overwrite its Tune state.
+
+    Raises:
+        ConfigError: the storage cannot be listed (names the field and the URI).
+    """
+    if "://" not in root:
+        return (Path(root) / name).exists()
+    import pyarrow.fs
+
+    try:
+        filesystem, base = pyarrow.fs.FileSystem.from_uri(root)
+        info = filesystem.get_file_info(f"{base.rstrip('/')}/{name}")
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...: all become one line
+        raise ConfigError(f"{FIELD}: cannot list {root}: {_first_line(exc)}") from None
+    return info.type != pyarrow.fs.FileType.NotFound
+
+
 def _check_local(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{FIELD}: {path} exists and is not a directory")
