@@ -63,6 +63,9 @@ def test_parent_and_nested_trial_runs(sweep):
         assert run.info.status == "FINISHED"
         assert run.data.params["strategy.name"] == "cffd"
         assert "strategy.kd_temperature" in run.data.params  # searched, flattened
+        assert not [k for k in run.data.params if k.startswith("sweep.")]  # the parent run's section
+        assert "strategy.kd_temperature" in run.data.tags["forgesweep.searched"].split(",")
+    assert "sweep.space.strategy.kd_temperature.type" in parent.data.params
     assert any("stage 4/4" in line for line in lines), "progress lines are printed per stage"
 
 

@@ -2,7 +2,7 @@
 
 What a sweep or matrix wrote (see :mod:`forgesweep.tracking.runs`): a parent run tagged
 ``forgesweep.kind`` = ``sweep`` / ``matrix`` and ``forgesweep.sweep`` = its name, with the base
-config flattened into params; one nested run per trial with the trial's whole config as params,
+config flattened into params; one nested run per trial with its config (but the sweep section) as params,
 per-stage metrics (``step`` = stage) and, for matrix cells, ``forgesweep.matrix.*`` tags; and the
 registered model versions (aliases ``stage-k``) made from the best trial's checkpoints.
 

@@ -2,8 +2,11 @@
 
 Per trial run:
 
-* params: the full experiment config flattened to dotted keys (``strategy.kd_temperature``),
-  so MLflow's compare view lines trials up parameter by parameter;
+* params: the trial's experiment config flattened to dotted keys (``strategy.kd_temperature``),
+  so MLflow's compare view lines trials up parameter by parameter; the ``sweep`` section (search
+  space, scheduler, concurrency) is the same for every trial and lives on the parent run only;
+* tags: ``forgesweep.searched`` lists the keys the sampler chose for this trial (the columns
+  worth comparing), next to ``forgesweep.sweep`` / ``forgesweep.trial_id`` / ``forgesweep.kind``;
 * metrics: every per-stage metric with ``step = stage`` (1-based): ``avg_acc``, ``forgetting``,
   ``bwt``, ``acc/<task>``, ``auc/<task>``, ``train/<loss term>`` ...;
 * artifacts: ``config.yaml``, ``accuracy_matrix.json`` and ``accuracy_matrix.png`` (rewritten
@@ -149,17 +152,18 @@ class SweepRunLogger:
     # -- trials -------------------------------------------------------------------------------
     def start_trial(self, trial_id: str, trial_config: Mapping[str, Any], sampled: Mapping[str, Any],
                     task_names: Optional[Sequence[str]] = None, tags: Optional[Mapping[str, str]] = None) -> str:
-        """Create the nested run of a trial; params are the full flattened trial config.
+        """Create the nested run of a trial; params are its flattened config but the ``sweep`` section.
 
         Args:
             task_names: the trial's own task sequence (default: the sweep's).
             tags: extra run tags (e.g. a matrix cell's labels).
         """
         tags = {"mlflow.parentRunId": self.parent_run_id or "", "forgesweep.kind": "trial",
-                "forgesweep.sweep": self.sweep_name, "forgesweep.trial_id": trial_id, **(tags or {})}
+                "forgesweep.sweep": self.sweep_name, "forgesweep.trial_id": trial_id,
+                "forgesweep.searched": ",".join(sorted(sampled))[:5000], **(tags or {})}
         run = self.client.create_run(self.experiment_id, run_name=f"{self.sweep_name}/{trial_id}", tags=tags)
         run_id = run.info.run_id
-        self._log_params(run_id, flatten(trial_config))
+        self._log_params(run_id, flatten({k: v for k, v in trial_config.items() if k != "sweep"}))
         self._log_text(run_id, yaml.safe_dump(dict(trial_config), sort_keys=False), "config.yaml")
         names = list(task_names) if task_names is not None else list(self.task_names)
         self.trials[trial_id] = TrialRecord(trial_id, run_id, dict(sampled), names,
