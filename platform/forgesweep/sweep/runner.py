@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 from forgesweep.config import ExperimentConfig
