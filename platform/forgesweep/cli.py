@@ -166,6 +166,17 @@ def _cmd_serve(path: Optional[str], overrides: Sequence[str], detach: bool, conf
     import os
     import time
 
+    import ray
+
+    from forgesweep.serve.serving_mode import describe_serving_mode, serving_mode_env
+
+    # A Ray instance started here serves in Ray Serve's high-throughput mode (HAProxy ingress,
+    # gRPC between replicas) unless the user chose otherwise. Set before Serve is imported and
+    # before Ray starts: Serve reads these once per process, and the replicas inherit them.
+    local = not os.environ.get("RAY_ADDRESS") and not ray.is_initialized()
+    if local:
+        os.environ.update(serving_mode_env(os.environ))
+
     from ray import serve
 
     from forgesweep.serve.app import deploy, preflight
@@ -182,6 +193,9 @@ def _cmd_serve(path: Optional[str], overrides: Sequence[str], detach: bool, conf
     print(f"[serve] {cfg.registered_model} @ {cfg.tracking_uri}: "
           + ", ".join(f"stage-{e.stage}=v{e.version} ({e.task})" for e in stages), flush=True)
     print(f"[ray] {connect_ray()}", flush=True)
+    mode = describe_serving_mode(os.environ) if local else (
+        "proxy as the cluster's nodes were started (RAY_SERVE_ENABLE_HA_PROXY, RAY_SERVE_THROUGHPUT_OPTIMIZED)")
+    print(f"[serve] {mode}", flush=True)
     url = deploy(cfg)
     print(f"[serve] {url}/v1/detect  {url}/v1/detect/video  {url}/v1/stages  {url}/healthz  {url}/docs", flush=True)
     if detach:
