@@ -325,10 +325,13 @@ def serving_dashboard() -> dict:
                      f"(rate(ray_forgesweep_serve_fake_probability_bucket{c}{RATE})))", "stage {{stage}}")],
                    defaults={"min": 0, "max": 1}),
         row("Ray Serve"),
-        timeseries("HTTP requests/s by route and status", "ray_serve_num_http_requests_total at Serve's proxy.",
+        timeseries("HTTP requests/s by route and status",
+                   "ray_serve_num_http_requests_total at the proxy. Behind HAProxy (Serve's high-throughput mode, "
+                   "forgesweep's default) route is the app's route prefix; the forgesweep panels split by endpoint.",
                    [(f"sum by (route, status_code) (rate(ray_serve_num_http_requests_total{ray_app}{RATE}))",
                      "{{route}} {{status_code}}")], unit="reqps", w=8),
-        timeseries("HTTP p99 latency by route", "ray_serve_http_request_latency_ms at the proxy (includes queueing).",
+        timeseries("HTTP p99 latency by route",
+                   "ray_serve_http_request_latency_ms at the proxy (includes queueing; route as in the panel above).",
                    [(f"histogram_quantile(0.99, sum by (le, route) "
                      f"(rate(ray_serve_http_request_latency_ms_bucket{ray_app}{RATE})))", "{{route}}")], unit="ms", w=8),
         timeseries("Replica processing p99 by deployment", "ray_serve_deployment_processing_latency_ms: time inside "

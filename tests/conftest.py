@@ -20,8 +20,11 @@ How the head is started, and why (Ray 2.60):
   gRPC servers on every interface. In single-node mode it keeps 127.0.0.1 for everything.
   This module sets that variable for the whole test process (``os.environ.setdefault``), so a
   local ``ray.init()`` in any test or subprocess also stays on the loopback interface.
+* Serve runs in its high-throughput mode (HAProxy ingress, gRPC between replicas), as it does
+  under ``forgesweep serve`` (:mod:`forgesweep.serve.serving_mode`).
 * Every port that has a fixed default (GCS 6379, dashboard 8265, client server 10001, dashboard
-  agent 52365, metrics 44217/44227, workers 10002-19999) is a free port or random, and
+  agent 52365, metrics 44217/44227, workers 10002-19999, HAProxy stats 8404 and metrics 9101,
+  Serve's fallback proxy 8500/9500) is a free port or random, and
   ``--temp-dir`` is a fresh directory, so the session never collides with a user's Ray.
 * Teardown does NOT run ``ray stop``: ``ray stop`` (with or without ``--force``) kills every
   raylet/gcs_server/worker it can see on the machine, whatever its temp dir or address. Instead
@@ -100,6 +103,21 @@ def _ray_cli() -> str:
     if not found:
         raise RuntimeError(f"the `ray` CLI is not installed next to {sys.executable} nor on PATH")
     return found
+
+
+def _serving_mode_overrides() -> Dict[str, Optional[str]]:
+    """The head serves as ``forgesweep serve``'s local Ray does (high-throughput mode, HAProxy).
+
+    HAProxy's stats, metrics and fallback-proxy ports get free ports, never Ray's fixed defaults,
+    which a user's own Serve on the machine may hold.
+    """
+    from forgesweep.serve.serving_mode import HA_PROXY, HAPROXY_PORTS, serving_mode_env
+
+    env: Dict[str, Optional[str]] = dict(serving_mode_env(os.environ))
+    if (os.environ.get(HA_PROXY) or env.get(HA_PROXY)) == "1":
+        missing = [name for name in HAPROXY_PORTS if name not in os.environ]
+        env.update({name: str(port) for name, port in zip(missing, _free_ports(len(missing)))})
+    return env
 
 
 def _free_ports(count: int) -> List[int]:
@@ -331,6 +349,7 @@ def ray_head(request) -> Iterator[RayHead]:
                 # gauges leave the endpoint after two export intervals).
                 "RAY_metrics_report_interval_ms": "2000",
                 _MARKER_VAR: marker,
+                **_serving_mode_overrides(),
             },
         )
     )

@@ -17,8 +17,10 @@ Batching: the model call is batched where the requests arrive, in the ingress
 split by stage and every stage's group goes to the model deployment as one call, so one hop,
 one replica request and one forward pass serve up to ``max_batch_size`` HTTP requests. Batching
 inside the model deployment instead would still pay the hop and the replica's request handling
-once per HTTP request; on a CPU those costs are larger than the small default model's forward
-pass (``benchmarks/serve_load.py`` prints the CPU per request of each process).
+once per HTTP request; behind Serve's Python proxy those costs are larger than the small default
+model's forward pass on a CPU (``benchmarks/serve_load.py`` prints the CPU per request of each
+process; ``forgesweep serve`` starts Serve's high-throughput mode, where they are small:
+:mod:`forgesweep.serve.serving_mode`).
 
 Hot reload: the ingress resolves ``stage-k`` to a model version from a snapshot of the registry
 that it re-reads every ``registry_refresh_s`` seconds in the background, or at once on
