@@ -67,6 +67,9 @@ def test_aws_config_pins_rays_gpu_image_and_turns_token_auth_on():
     config = _load(AWS)
     assert config["docker"]["image"] == PINNED_IMAGE
     assert "--env RAY_AUTH_MODE=token" in config["docker"]["run_options"]
+    # Serve's high-throughput mode on every node, as forgesweep serve sets it for a local Ray.
+    assert {"--env RAY_SERVE_ENABLE_HA_PROXY=1", "--env RAY_SERVE_THROUGHPUT_OPTIMIZED=1"} <= set(
+        config["docker"]["run_options"])
     # The laptop's token (written by `ray get-auth-token --generate`) reaches every node.
     assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
 
@@ -98,6 +101,11 @@ def test_raycluster_autoscales_gpu_groups_from_zero_with_token_auth(validate_too
     assert spec["autoscalerOptions"]["idleTimeoutSeconds"] > 0
     head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert head["workingDir"] == "/home/ray/forgesweep"
+    # Serve's high-throughput mode in every pod (Serve reads it where each node's Ray starts).
+    serving_mode = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        env = {e["name"]: e["value"] for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert serving_mode.items() <= env.items()
     derived = validate_tool.validate_kubernetes_object(doc, str(RAYCLUSTER))
     types = derived["available_node_types"]
     assert types["headgroup"]["resources"]["CPU"] == 0 and "GPU" not in types["headgroup"]["resources"]
