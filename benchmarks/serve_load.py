@@ -2,7 +2,10 @@
 
 Builds the default detector (``rsia_net`` preset ``small``, 64 px, random weights: speed does not
 depend on the weights), registers it as stage 1 of a model in a temporary MLflow registry and
-deploys the Serve app twice on 127.0.0.1, with batching on (``/on``) and off (``/off``). For each
+deploys the Serve app twice on 127.0.0.1, with batching on (``/on``) and off (``/off``). Ray starts
+the way ``forgesweep serve`` starts it: in Ray Serve's high-throughput mode (HAProxy ingress, gRPC
+between replicas, :mod:`forgesweep.serve.serving_mode`); ``--proxy python`` measures Serve's
+Python HTTP proxy instead. For each
 concurrency N, a fixed number of ``POST /v1/detect`` requests (a 64x64 PNG) are sent from N
 concurrent keep-alive clients, alternating the two apps over several rounds so that load from
 other work on a shared machine hits both alike. Every request is bounded (count and per-request
@@ -16,6 +19,7 @@ Usage::
 
     python benchmarks/serve_load.py                          # 300 requests per point, 3 rounds
     python benchmarks/serve_load.py --requests 600 --concurrency 1 8 32 --max-batch-size 32
+    python benchmarks/serve_load.py --proxy python          # Serve's Python proxy, default replicas
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from forgesweep.config import load_config  # noqa: E402
 from forgesweep.models import build_model  # noqa: E402
 from forgesweep.serve.config import ServeConfig, validate_serve_config  # noqa: E402
 from forgesweep.serve.register import register_checkpoints  # noqa: E402
+from forgesweep.serve.serving_mode import (HA_PROXY, THROUGHPUT_OPTIMIZED, describe_serving_mode,  # noqa: E402
+                                           serving_mode_env)
 from forgesweep.tracking.runs import open_client  # noqa: E402
 from forgesweep.train.checkpoint import save_stage_checkpoint  # noqa: E402
 
@@ -140,7 +146,8 @@ def serve_processes() -> dict[str, dict[str, list]]:
                 groups[mode].setdefault("ingress", []).append(proc)
             elif f"ServeReplica:bench-{mode}:StageModels" in text:
                 groups[mode].setdefault("model", []).append(proc)
-        if "ProxyActor" in text:
+        # The proxy: Serve's Python proxy actor, or HAProxy and the actor that manages it.
+        if "ProxyActor" in text or "HAProxyManager" in text or Path(text.split(" ")[0]).name == "haproxy":
             groups["shared"].setdefault("proxy", []).append(proc)
         elif "ServeController" in text:
             groups["shared"].setdefault("controller", []).append(proc)
@@ -194,7 +201,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--batch-wait", type=float, default=0.005, help="batch_wait_timeout_s")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, seconds")
+    parser.add_argument("--proxy", choices=("haproxy", "python"), default="haproxy",
+                        help="haproxy: Ray Serve's high-throughput mode, as `forgesweep serve` starts it; "
+                             "python: Serve's Python HTTP proxy and default replica settings")
     args = parser.parse_args(argv)
+    if os.environ.get("RAY_ADDRESS"):
+        print("note: RAY_ADDRESS is set: the proxy is whatever that cluster runs; --proxy is ignored")
+    elif args.proxy == "haproxy":
+        os.environ.update(serving_mode_env(os.environ))
+    else:
+        os.environ.update({HA_PROXY: "0", THROUGHPUT_OPTIMIZED: "0"})
+    mode = describe_serving_mode(os.environ)
 
     import ray
     from ray import serve
@@ -237,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             serve.shutdown()
             ray.shutdown()
-    title = (f"{args.model or 'rsia_net'}/{args.preset} at 64 px, {args.requests} requests per point, median of {args.rounds} rounds, "
+    title = (f"{mode}\n{args.model or 'rsia_net'}/{args.preset} at 64 px, {args.requests} requests per point, median of {args.rounds} rounds, "
              f"max_batch_size {args.max_batch_size}, batch wait {args.batch_wait * 1000:.0f} ms, {os.cpu_count()} CPUs, "
              f"load average at start/end {load_before:.1f}/{os.getloadavg()[0]:.1f}")
     print_table(title, median_rows(http))
@@ -252,7 +269,7 @@ def print_table(title: str, rows: list[dict]) -> None:
     nothing else could sustain. On a shared machine it shows what the app costs, apart from
     how much CPU other work left it.
     """
-    print(f"\nPOST /v1/detect on 127.0.0.1 through Serve's proxy and the ingress\n{title}")
+    print(f"\nPOST /v1/detect on 127.0.0.1 through the proxy and the ingress\n{title}")
     print(f"{'batching':>8} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms/req':>10} "
           f"{'2-core cap':>10} {'errors':>6}")
     for r in rows:
