@@ -148,10 +148,12 @@ def test_job_driver_joins_the_cluster_over_loopback(ray_head):
     assert f"GCS={ray_head.address}" in result.stdout, _tail(out)
 
 
-def test_sweep_cffd_smoke_job_registers_stage_aliases(ray_head, tmp_path):
-    """The main job, submitted as a user would, ends with one registered model whose
-    versions carry the aliases stage-1 ... stage-4."""
-    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+@pytest.fixture(scope="module")
+def smoke_sweep(ray_head, tmp_path_factory) -> Dict[str, str]:
+    """`ray job submit -- python jobs/sweep_cffd.py --smoke`, once for the module, into a fresh
+    MLflow store; the output and the tracking URI for the tests that check and serve it."""
+    root = tmp_path_factory.mktemp("smoke-sweep")
+    tracking_uri = f"sqlite:///{root}/mlflow.db"
     entrypoint = [
         "python",
         "jobs/sweep_cffd.py",
@@ -159,23 +161,30 @@ def test_sweep_cffd_smoke_job_registers_stage_aliases(ray_head, tmp_path):
         "--set",
         f"tracking.tracking_uri={tracking_uri}",
         "--set",
-        f"tracking.artifact_location={tmp_path}/artifacts",
+        f"tracking.artifact_location={root}/artifacts",
         "--set",
-        f"data.root={tmp_path}/data",
+        f"data.root={root}/data",
         "--set",
-        f"train.storage_path={tmp_path}/runs",
+        f"train.storage_path={root}/runs",
     ]
     try:
         result = _submit(ray_head, entrypoint, timeout=300)
     except subprocess.TimeoutExpired as exc:
         client = _job_client(ray_head)
         logs = ""
-        for job_id in _job_ids_with(client, str(tmp_path)):
+        for job_id in _job_ids_with(client, str(root)):
             logs += client.get_job_logs(job_id)[-6000:]
             client.stop_job(job_id)
         pytest.fail(f"`ray job submit` did not finish within {exc.timeout} s; job logs:\n{logs}")
     out = _output(result)
     assert result.returncode == 0, f"the sweep job failed:\n{_tail(out)}"
+    return {"tracking_uri": tracking_uri, "output": out}
+
+
+def test_sweep_cffd_smoke_job_registers_stage_aliases(ray_head, smoke_sweep):
+    """The main job, submitted as a user would, ends with one registered model whose
+    versions carry the aliases stage-1 ... stage-4."""
+    out = smoke_sweep["output"]
     assert re.search(r"Job '[^']+' succeeded", out), _tail(out)
 
     from ray.job_submission import JobStatus
@@ -185,7 +194,7 @@ def test_sweep_cffd_smoke_job_registers_stage_aliases(ray_head, tmp_path):
 
     import mlflow
 
-    mlflow_client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    mlflow_client = mlflow.MlflowClient(tracking_uri=smoke_sweep["tracking_uri"])
     versions = {}
     for k in range(1, STAGES + 1):
         mv = mlflow_client.get_model_version_by_alias(REGISTERED_MODEL, f"stage-{k}")
@@ -194,3 +203,62 @@ def test_sweep_cffd_smoke_job_registers_stage_aliases(ray_head, tmp_path):
         versions[k] = mv.version
     # One version per stage: the best trial's stage-k model.
     assert len(set(versions.values())) == STAGES, versions
+
+
+def test_serve_best_job_puts_the_sweeps_stages_online(ray_head, smoke_sweep):
+    """`ray job submit -- python jobs/serve_best.py --detach` deploys the sweep's stage models on
+    the cluster (Serve in the head's high-throughput mode, HAProxy on 127.0.0.1); the app stays up
+    after the job ends, answers every stage over HTTP, and `serve shutdown` takes it down."""
+    import io
+    import socket
+    import time
+
+    import mlflow
+    import numpy as np
+    import requests
+    from PIL import Image
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    entrypoint = ["python", "jobs/serve_best.py", "--detach", "--set", f"registered_model={REGISTERED_MODEL}",
+                  "--set", f"tracking_uri={smoke_sweep['tracking_uri']}", "--set", f"http.port={port}"]
+    try:
+        result = _submit(ray_head, entrypoint, timeout=240)
+        out = _output(result)
+        assert result.returncode == 0, f"the serve job failed:\n{_tail(out)}"
+        assert f"[serve] {url}/v1/detect" in out, _tail(out)
+        assert "proxy as the cluster's nodes were started" in out, _tail(out)
+
+        # The job has ended; the app it deployed answers for every stage the sweep registered.
+        registry = mlflow.MlflowClient(tracking_uri=smoke_sweep["tracking_uri"])
+        aliases = {k: str(registry.get_model_version_by_alias(REGISTERED_MODEL, f"stage-{k}").version)
+                   for k in range(1, STAGES + 1)}  # the API gives MLflow versions as strings
+        stages = requests.get(f"{url}/v1/stages", timeout=30).json()
+        assert stages["default_stage"] == STAGES
+        assert {s["stage"]: s["model_version"] for s in stages["stages"]} == aliases
+        pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        png = io.BytesIO()
+        Image.fromarray(pixels).save(png, format="PNG")
+        for k in range(1, STAGES + 1):
+            answer = requests.post(f"{url}/v1/detect", params={"stage": k}, data=png.getvalue(),
+                                   headers={"Content-Type": "image/png"}, timeout=60)
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert (body["stage"], body["model_version"]) == (k, aliases[k])
+            assert 0.0 <= body["fake_probability"] <= 1.0
+    finally:
+        # As a user would: Serve's CLI against the dashboard, with the head's token.
+        down = subprocess.run([str(Path(ray_head.ray_bin).with_name("serve")), "shutdown", "-y", "--address",
+                               ray_head.dashboard_url], env=ray_head.env, cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=120)
+    assert down.returncode == 0, _tail(_output(down))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            requests.get(f"{url}/healthz", timeout=5)
+        except requests.ConnectionError:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"{url} still answers after `serve shutdown`")
