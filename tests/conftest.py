@@ -659,3 +659,28 @@ def random_frame_manifest():
         return root / "manifest.jsonl"
 
     return write
+
+
+@pytest.fixture()
+def assert_stops_answering():
+    """``check(url, timeout_s, after)``: fail unless ``url`` refuses connections within ``timeout_s``.
+
+    For a server that was just shut down (Serve's proxy and replicas stop asynchronously).
+    """
+
+    def check(url: str, timeout_s: float, after: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(url, timeout=5).close()
+            except urllib.error.HTTPError:
+                pass  # still answering, with an error status
+            except urllib.error.URLError as exc:
+                if isinstance(exc.reason, ConnectionError):  # refused or reset: nobody listens
+                    return
+            except ConnectionError:
+                return
+            time.sleep(0.5)
+        pytest.fail(f"{url} still answers after {after}", pytrace=False)
+
+    return check

@@ -205,13 +205,12 @@ def test_sweep_cffd_smoke_job_registers_stage_aliases(ray_head, smoke_sweep):
     assert len(set(versions.values())) == STAGES, versions
 
 
-def test_serve_best_job_puts_the_sweeps_stages_online(ray_head, smoke_sweep):
+def test_serve_best_job_puts_the_sweeps_stages_online(ray_head, smoke_sweep, assert_stops_answering):
     """`ray job submit -- python jobs/serve_best.py --detach` deploys the sweep's stage models on
     the cluster (Serve in the head's high-throughput mode, HAProxy on 127.0.0.1); the app stays up
     after the job ends, answers every stage over HTTP, and `serve shutdown` takes it down."""
     import io
     import socket
-    import time
 
     import mlflow
     import numpy as np
@@ -254,11 +253,4 @@ def test_serve_best_job_puts_the_sweeps_stages_online(ray_head, smoke_sweep):
                                ray_head.dashboard_url], env=ray_head.env, cwd=REPO_ROOT, capture_output=True,
                               text=True, timeout=120)
     assert down.returncode == 0, _tail(_output(down))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            requests.get(f"{url}/healthz", timeout=5)
-        except requests.ConnectionError:
-            return
-        time.sleep(0.5)
-    pytest.fail(f"{url} still answers after `serve shutdown`")
+    assert_stops_answering(f"{url}/healthz", 60, "`serve shutdown`")
