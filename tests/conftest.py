@@ -113,10 +113,12 @@ def _serving_mode_overrides() -> Dict[str, Optional[str]]:
     """
     from forgesweep.serve.serving_mode import HA_PROXY, HAPROXY_PORTS, serving_mode_env
 
-    env: Dict[str, Optional[str]] = dict(serving_mode_env(os.environ))
-    if (os.environ.get(HA_PROXY) or env.get(HA_PROXY)) == "1":
-        missing = [name for name in HAPROXY_PORTS if name not in os.environ]
-        env.update({name: str(port) for name, port in zip(missing, _free_ports(len(missing)))})
+    # Given as if already set, so serving_mode_env neither probes the defaults nor replaces them.
+    missing = [name for name in HAPROXY_PORTS if name not in os.environ]
+    ports = {name: str(port) for name, port in zip(missing, _free_ports(len(missing)))}
+    env: Dict[str, Optional[str]] = dict(serving_mode_env({**os.environ, **ports}))
+    if env.get(HA_PROXY, os.environ.get(HA_PROXY)) == "1":
+        env.update(ports)
     return env
 
 

@@ -210,16 +210,15 @@ def test_serve_best_job_puts_the_sweeps_stages_online(ray_head, smoke_sweep, ass
     the cluster (Serve in the head's high-throughput mode, HAProxy on 127.0.0.1); the app stays up
     after the job ends, answers every stage over HTTP, and `serve shutdown` takes it down."""
     import io
-    import socket
 
     import mlflow
     import numpy as np
     import requests
     from PIL import Image
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from forgesweep.serve.serving_mode import free_port
+
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     entrypoint = ["python", "jobs/serve_best.py", "--detach", "--set", f"registered_model={REGISTERED_MODEL}",
                   "--set", f"tracking_uri={smoke_sweep['tracking_uri']}", "--set", f"http.port={port}"]
